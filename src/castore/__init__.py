@@ -1,0 +1,53 @@
+"""castore: a content-addressed checkpoint store for PyTorch over fsspec.
+
+```python
+import castore
+store = castore.open("./ckpts")
+run = store.run("ppo-seed7")
+run.save({"model": model.state_dict()}, epoch=10, metrics={"score": 0.82})
+state = run.load(best="score")
+```
+"""
+
+from castore._config import ChunkingOptions, CodecOptions, TransferOptions
+from castore.api.run import Run
+from castore.api.save import SaveInfo
+from castore.api.store import Store
+from castore.api.store import open_store as open
+from castore.errors import (
+    BlobNotFoundError,
+    CastoreError,
+    ConflictError,
+    FormatError,
+    IntegrityError,
+    InvalidCheckpointError,
+    NotFoundError,
+    QueryError,
+    StorageError,
+    UnsafeLoadError,
+)
+from castore.maintenance.accounting import StoreUsage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlobNotFoundError",
+    "CastoreError",
+    "ChunkingOptions",
+    "CodecOptions",
+    "ConflictError",
+    "FormatError",
+    "IntegrityError",
+    "InvalidCheckpointError",
+    "NotFoundError",
+    "QueryError",
+    "Run",
+    "SaveInfo",
+    "StorageError",
+    "Store",
+    "StoreUsage",
+    "TransferOptions",
+    "UnsafeLoadError",
+    "__version__",
+    "open",
+]

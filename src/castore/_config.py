@@ -1,0 +1,75 @@
+"""Tunables as frozen option dataclasses: explicit keyword arguments, no global config."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["ChunkingOptions", "CodecName", "CodecOptions", "TransferOptions"]
+
+MiB = 1 << 20
+
+CodecName = Literal["auto", "raw", "zstd"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkingOptions:
+    """How tensor bytes are cut into blobs.
+
+    Tensors of at least ``pack_below_bytes`` are split at fixed ``chunk_bytes`` offsets, so
+    an unchanged range dedups exactly; smaller tensors are packed together into blobs of
+    up to ``chunk_bytes`` so a model of hundreds of biases writes a few blobs.
+    """
+
+    chunk_bytes: int = 4 * MiB
+    pack_below_bytes: int = 1 * MiB
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be positive, got {self.chunk_bytes}")
+        if not 0 <= self.pack_below_bytes <= self.chunk_bytes:
+            raise ValueError(
+                f"pack_below_bytes must be within [0, chunk_bytes={self.chunk_bytes}], "
+                f"got {self.pack_below_bytes}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class CodecOptions:
+    """How blobs are encoded.
+
+    ``auto`` tries zstd and keeps the chunk raw unless compression saves at least
+    ``min_saving`` of its size, because decoding costs time that a few percent of bytes
+    does not repay.
+    """
+
+    codec: CodecName = "auto"
+    zstd_level: int = 3
+    min_saving: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.codec not in ("auto", "raw", "zstd"):
+            raise ValueError(f"codec must be 'auto', 'raw' or 'zstd', got {self.codec!r}")
+        if not 0.0 <= self.min_saving < 1.0:
+            raise ValueError(f"min_saving must be within [0, 1), got {self.min_saving}")
+
+
+def _default_workers() -> int:
+    return max(4, min(16, 2 * (os.cpu_count() or 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOptions:
+    """Concurrency of hashing, encoding and transfers, with a bound on bytes in flight."""
+
+    workers: int = _default_workers()
+    max_in_flight_bytes: int = 256 * MiB
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be positive, got {self.workers}")
+        if self.max_in_flight_bytes < 1:
+            raise ValueError(
+                f"max_in_flight_bytes must be positive, got {self.max_in_flight_bytes}"
+            )

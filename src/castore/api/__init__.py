@@ -1,0 +1,1 @@
+"""User-facing objects: Store and Run, thin facades over the layers below."""

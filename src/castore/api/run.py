@@ -1,0 +1,178 @@
+"""Run: a named sequence of checkpoints, the verbs a training loop and an evaluator use."""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from castore.api.load import MapLocation, load_checkpoint
+from castore.api.save import SaveInfo, check_epoch, save_checkpoint
+from castore.errors import CastoreError, ConflictError, InvalidCheckpointError, NotFoundError
+from castore.manifest.query import concat_summaries
+from castore.manifest.reader import list_epochs, read_part, read_summary
+from castore.manifest.schema import check_metric_name
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
+    import pandas as pd
+    import pyarrow as pa
+
+    from castore.api.store import Store
+    from castore.manifest.records import CheckpointRecord
+
+__all__ = ["Run"]
+
+
+class Run:
+    """A run of a store; get one with ``store.run(name)``. Parts are immutable, so parsed
+    records are cached per epoch."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.name = name
+        self._records: dict[int, CheckpointRecord] = {}
+        self._summaries: dict[int, pa.Table] = {}
+
+    def __repr__(self) -> str:
+        return f"castore.Run({self.store.url!r}, {self.name!r})"
+
+    def save(
+        self,
+        state: object,
+        *,
+        epoch: int,
+        step: int | None = None,
+        metrics: Mapping[str, object] | None = None,
+    ) -> SaveInfo:
+        """Commit ``state`` as checkpoint ``epoch``, storing only chunks the store lacks.
+
+        ``state`` is a nested dict/list/tuple of tensors and plain values, or an
+        ``nn.Module`` (saved as its state_dict). ``metrics`` are numbers, stored as
+        manifest columns.
+
+        Raises:
+            InvalidCheckpointError: bad input; nothing was written.
+            ConflictError: the epoch is already committed; nothing was changed.
+        """
+        if isinstance(state, torch.nn.Module):
+            state = state.state_dict()
+        with self._context("saving", epoch):
+            epoch = check_epoch(epoch)
+            epochs = list_epochs(self.store.location, self.name)
+            if epoch in epochs:
+                raise ConflictError(
+                    f"epoch {epoch} of run '{self.name}' is already committed; "
+                    "save under a new epoch or delete the old one first"
+                )
+            earlier = [e for e in epochs if e < epoch]
+            parent = self.record(earlier[-1]) if earlier else None
+            return save_checkpoint(
+                self.store.blobs,
+                run=self.name,
+                epoch=epoch,
+                state=state,
+                step=step,
+                metrics=metrics,
+                parent=parent,
+                options=self.store.options,
+            )
+
+    def load(
+        self,
+        epoch: int | None = None,
+        *,
+        best: str | None = None,
+        map_location: MapLocation = None,
+    ) -> Any:
+        """Load a checkpoint: ``epoch``, the best by a metric, or by default the latest.
+
+        ``best="score"`` picks the highest score, ``best="-loss"`` the lowest loss.
+        Tensors come back bit-identical, on the CPU unless ``map_location`` says otherwise.
+
+        Raises:
+            NotFoundError: no such epoch, an empty run, or no checkpoint with the metric.
+            IntegrityError: a blob does not match its digest; nothing is returned.
+        """
+        if epoch is not None and best is not None:
+            raise InvalidCheckpointError("pass either epoch or best, not both")
+        if best is not None:
+            epoch = self.best(best)
+        elif epoch is None:
+            epoch = self.latest()
+            if epoch is None:
+                raise NotFoundError(f"run '{self.name}' has no checkpoints", run=self.name)
+        with self._context("loading", epoch):
+            record = self.record(check_epoch(epoch))
+            return load_checkpoint(
+                self.store.blobs,
+                record,
+                transfer=self.store.options.transfer,
+                map_location=map_location,
+            )
+
+    def epochs(self) -> list[int]:
+        """Committed epochs, ascending."""
+        return list_epochs(self.store.location, self.name)
+
+    def latest(self) -> int | None:
+        epochs = self.epochs()
+        return epochs[-1] if epochs else None
+
+    def best(self, metric: str) -> int:
+        """The epoch with the highest ``metric`` (lowest for ``-metric``); ties go to the
+        earliest epoch, and checkpoints without the metric are passed over."""
+        descending = not metric.startswith("-")
+        name = check_metric_name(metric.lstrip("-"))
+        table = self.summary_table()
+        if name not in table.column_names:
+            raise NotFoundError(
+                f"no checkpoint of run '{self.name}' has metric '{name}'", run=self.name
+            )
+        scored = [
+            (epoch, value)
+            for epoch, value in zip(
+                table.column("epoch").to_pylist(), table.column(name).to_pylist(), strict=True
+            )
+            if value is not None and not math.isnan(value)
+        ]
+        if not scored:
+            raise NotFoundError(
+                f"no checkpoint of run '{self.name}' has a value for '{name}'", run=self.name
+            )
+        sign = 1.0 if descending else -1.0
+        return max(sorted(scored), key=lambda item: sign * item[1])[0]
+
+    def checkpoints(self) -> pd.DataFrame:
+        """One row per checkpoint, by epoch: step, byte accounting and a column per metric."""
+        return self.summary_table().to_pandas()
+
+    def record(self, epoch: int) -> CheckpointRecord:
+        """The parsed manifest part of ``epoch`` (cached: parts never change)."""
+        if epoch not in self._records:
+            self._records[epoch] = read_part(self.store.location, self.name, epoch)
+        return self._records[epoch]
+
+    def summary_table(self) -> pa.Table:
+        """Arrow table of every checkpoint's summary row, sorted by epoch."""
+        tables = []
+        for epoch in self.epochs():
+            if epoch not in self._summaries:
+                self._summaries[epoch] = read_summary(self.store.location, self.name, epoch)
+            tables.append(self._summaries[epoch])
+        return concat_summaries(tables)
+
+    @contextmanager
+    def _context(self, doing: str, epoch: object) -> Iterator[None]:
+        """Name the run and epoch on every castore error raised inside."""
+        try:
+            yield
+        except CastoreError as exc:
+            exc.run = exc.run or self.name
+            if exc.epoch is None and isinstance(epoch, int):
+                exc.epoch = epoch
+            exc.add_note(f"while {doing} run '{self.name}' epoch {epoch}")
+            raise

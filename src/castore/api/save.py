@@ -1,0 +1,225 @@
+"""save_checkpoint: flatten -> plan -> hash -> dedup -> encode and put -> commit the part.
+
+Hashing and encoding run on threads (BLAKE3 and zstd release the GIL) with a bound on
+bytes in flight. Only digests neither in the parent checkpoint nor already in the store
+are encoded and uploaded; the manifest part is written last (see manifest.writer).
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from castore._concurrency import bounded_map
+from castore.blobstore.layout import MAX_EPOCH
+from castore.codec.frame import encode_frame
+from castore.codec.hashing import hash_bytes
+from castore.errors import InvalidCheckpointError
+from castore.manifest.records import CheckpointRecord
+from castore.manifest.schema import check_metric_name
+from castore.manifest.writer import write_part
+from castore.snapshot.chunking import PlannedChunk, chunk_data, plan_chunks
+from castore.snapshot.refs import ChunkRef, TensorRef
+from castore.snapshot.tensors import PlannedEntry, host_bytes, plan_entries
+from castore.snapshot.tree import flatten_tree
+
+if TYPE_CHECKING:
+    from castore._config import ChunkingOptions, CodecOptions, TransferOptions
+    from castore.blobstore.digest import Digest
+    from castore.blobstore.store import BlobStore
+
+__all__ = ["SaveInfo", "SaveOptions", "check_epoch", "check_metrics", "save_checkpoint"]
+
+_PROGRESS_DELAY_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class SaveInfo:
+    """What a save did: ``new_bytes`` decoded and ``stored_bytes`` encoded bytes written."""
+
+    run: str
+    epoch: int
+    step: int | None
+    logical_bytes: int
+    new_bytes: int
+    stored_bytes: int
+    blobs_written: int
+    blobs_skipped: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SaveOptions:
+    chunking: ChunkingOptions
+    codec: CodecOptions
+    transfer: TransferOptions
+    progress: bool | None = None
+
+
+def check_epoch(epoch: object) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
+        raise InvalidCheckpointError(f"epoch must be an int, got {type(epoch).__name__}")
+    if not 0 <= int(epoch) <= MAX_EPOCH:
+        raise InvalidCheckpointError(f"epoch must be within [0, {MAX_EPOCH}], got {epoch}")
+    return int(epoch)
+
+
+def check_metrics(metrics: Mapping[str, object] | None) -> dict[str, float]:
+    """Metric names as column names and values as floats (a 1-element tensor is fine)."""
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise InvalidCheckpointError(f"metrics must be a mapping, got {type(metrics).__name__}")
+    checked: dict[str, float] = {}
+    for name, value in metrics.items():
+        check_metric_name(name)
+        if hasattr(value, "numel") and value.numel() == 1:  # a scalar tensor
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise InvalidCheckpointError(
+                f"metric {name!r} must be a real number, got {type(value).__name__}"
+            )
+        checked[name] = float(value)
+    return checked
+
+
+def _check_step(step: object) -> int | None:
+    if step is None:
+        return None
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or int(step) < 0:
+        raise InvalidCheckpointError(f"step must be a non-negative int or None, got {step!r}")
+    return int(step)
+
+
+def save_checkpoint(
+    blobs: BlobStore,
+    *,
+    run: str,
+    epoch: int,
+    state: object,
+    step: int | None,
+    metrics: Mapping[str, object] | None,
+    parent: CheckpointRecord | None,
+    options: SaveOptions,
+) -> SaveInfo:
+    """Store ``state`` as checkpoint ``epoch`` of ``run``; every input is checked first."""
+    started = time.perf_counter()
+    epoch = check_epoch(epoch)
+    step = _check_step(step)
+    checked_metrics = check_metrics(metrics)
+    flat = flatten_tree(state)
+    entries = plan_entries(flat.names, flat.tensors)
+
+    data = [host_bytes(e.source) if e.source is not None else None for e in entries]
+    plan = plan_chunks(
+        [0 if d is None else len(d) for d in data],
+        [e.element_size for e in entries],
+        options.chunking,
+    )
+    transfer = options.transfer
+    with _progress(plan.total_bytes, "hashing", options.progress) as bar:
+        digests: list[Digest] = bounded_map(
+            lambda chunk: hash_bytes(chunk_data(chunk, data)),
+            plan.chunks,
+            size_of=lambda chunk: chunk.length,
+            workers=transfer.workers,
+            max_in_flight_bytes=transfer.max_in_flight_bytes,
+            on_result=lambda chunk, _: bar.update(chunk.length),
+        )
+
+    first_chunk: dict[Digest, PlannedChunk] = {}
+    for chunk, digest in zip(plan.chunks, digests, strict=True):
+        first_chunk.setdefault(digest, chunk)
+    known = parent.digests() if parent is not None else set()
+    unknown = [d for d in first_chunk if d not in known]
+    missing = sorted(set(unknown) - blobs.has_many(unknown))
+
+    def encode_and_put(digest: Digest) -> int:
+        chunk = first_chunk[digest]
+        frame = encode_frame(
+            chunk_data(chunk, data), element_size=chunk.element_size, options=options.codec
+        )
+        blobs.put(digest, frame)
+        return len(frame)
+
+    new_bytes = sum(first_chunk[d].length for d in missing)
+    with _progress(new_bytes, "writing", options.progress) as bar:
+        frame_sizes = bounded_map(
+            encode_and_put,
+            missing,
+            size_of=lambda d: first_chunk[d].length,
+            workers=transfer.workers,
+            max_in_flight_bytes=transfer.max_in_flight_bytes,
+            on_result=lambda d, _: bar.update(first_chunk[d].length),
+        )
+
+    record = CheckpointRecord(
+        run=run,
+        epoch=epoch,
+        step=step,
+        created_at=datetime.now(UTC),
+        parent_epoch=parent.epoch if parent is not None else None,
+        logical_bytes=plan.total_bytes,
+        new_bytes=new_bytes,
+        stored_bytes=sum(frame_sizes),
+        new_blobs=len(missing),
+        skeleton=flat.skeleton,
+        tensors=_tensor_refs(entries, plan.chunks, digests),
+        metrics=checked_metrics,
+    )
+    write_part(blobs.location, record)
+    return SaveInfo(
+        run=run,
+        epoch=epoch,
+        step=step,
+        logical_bytes=record.logical_bytes,
+        new_bytes=new_bytes,
+        stored_bytes=record.stored_bytes,
+        blobs_written=len(missing),
+        blobs_skipped=len(first_chunk) - len(missing),
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+def _tensor_refs(
+    entries: list[PlannedEntry], chunks: tuple[PlannedChunk, ...], digests: list[Digest]
+) -> tuple[TensorRef, ...]:
+    pieces: list[list[tuple[int, ChunkRef]]] = [[] for _ in entries]
+    for chunk, digest in zip(chunks, digests, strict=True):
+        for piece in chunk.pieces:
+            ref = ChunkRef(digest, piece.offset, piece.length, chunk.length)
+            pieces[piece.entry].append((piece.start, ref))
+    return tuple(
+        TensorRef(
+            name=entry.name,
+            role=entry.role,
+            dtype=entry.dtype,
+            shape=entry.shape,
+            chunks=tuple(ref for _, ref in sorted(pieces[i], key=lambda p: p[0])),
+            base=entry.base,
+            storage_offset=entry.storage_offset,
+            stride=entry.stride,
+            device=entry.device,
+        )
+        for i, entry in enumerate(entries)
+    )
+
+
+def _progress(total: int, what: str, enabled: bool | None) -> tqdm:
+    """A byte progress bar shown after a couple of seconds, on a terminal only by default."""
+    return tqdm(
+        total=total,
+        desc=what,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        delay=_PROGRESS_DELAY_S,
+        disable=None if enabled is None else not enabled,
+        leave=False,
+    )

@@ -1,0 +1,150 @@
+"""Store: the root of a castore on any fsspec filesystem."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from castore._config import ChunkingOptions, CodecOptions, TransferOptions
+from castore.api.run import Run
+from castore.api.save import SaveOptions
+from castore.blobstore.layout import STORE_CONFIG_KEY, check_run_name
+from castore.blobstore.location import Location, open_location
+from castore.blobstore.store import BlobStore
+from castore.errors import ConflictError, FormatError, IntegrityError, NotFoundError
+from castore.maintenance.accounting import StoreUsage, measure_usage
+from castore.manifest.query import concat_summaries, run_query
+from castore.manifest.reader import list_runs
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["STORE_FORMAT_VERSION", "Store", "open_store"]
+
+STORE_FORMAT_VERSION = 1
+HASH_NAME = "blake3-256"
+
+
+class Store:
+    """A castore at one URL: runs, queries across them, and storage accounting.
+
+    Create one with ``castore.open(url)``.
+    """
+
+    def __init__(self, location: Location, options: SaveOptions) -> None:
+        self.location = location
+        self.blobs = BlobStore(location, options.transfer)
+        self.options = options
+        self._runs: dict[str, Run] = {}
+
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    def __repr__(self) -> str:
+        return f"castore.Store({self.url!r})"
+
+    def run(self, name: str) -> Run:
+        """The run called ``name``; it exists once its first checkpoint is saved."""
+        check_run_name(name)
+        if name not in self._runs:
+            self._runs[name] = Run(self, name)
+        return self._runs[name]
+
+    def runs(self) -> list[str]:
+        """Names of runs with at least one checkpoint, sorted."""
+        return list_runs(self.location)
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """Run DuckDB SQL over the view ``checkpoints``: one row per checkpoint of every run.
+
+        Columns: run, epoch, step, created_at, parent_epoch, n_tensors, logical_bytes,
+        new_bytes, stored_bytes, new_blobs, format_version, and one per metric.
+        """
+        tables = [self.run(name).summary_table() for name in self.runs()]
+        return run_query(sql, {"checkpoints": concat_summaries(tables)})
+
+    def du(self) -> StoreUsage:
+        """Logical bytes of every checkpoint against the bytes the blobs take."""
+        logical: list[int] = []
+        runs = self.runs()
+        for name in runs:
+            table = self.run(name).summary_table()
+            logical.extend(table.column("logical_bytes").to_pylist())
+        return measure_usage(self.blobs, runs=len(runs), logical_bytes=logical)
+
+
+def open_store(
+    url: str,
+    *,
+    create: bool = True,
+    chunking: ChunkingOptions | None = None,
+    codec: CodecOptions | None = None,
+    transfer: TransferOptions | None = None,
+    progress: bool | None = None,
+    **storage_options: object,
+) -> Store:
+    """Open the store at ``url`` (a path or any fsspec URL), creating it if ``create``.
+
+    Storage options (``endpoint_url``, ``key``, ``token``, ``anon``...) go to fsspec as
+    they are. ``progress`` shows progress bars on long transfers: None means only when
+    stderr is a terminal.
+
+    Raises:
+        NotFoundError: no store at ``url`` and ``create`` is false.
+        FormatError: the store was written by a newer castore.
+    """
+    location = open_location(url, storage_options)
+    _open_or_create_config(location, create=create)
+    options = SaveOptions(
+        chunking=chunking or ChunkingOptions(),
+        codec=codec or CodecOptions(),
+        transfer=transfer or TransferOptions(),
+        progress=progress,
+    )
+    return Store(location, options)
+
+
+def _open_or_create_config(location: Location, *, create: bool) -> dict[str, object]:
+    try:
+        return _check_config(location, location.read(STORE_CONFIG_KEY))
+    except NotFoundError:
+        if not create:
+            raise NotFoundError(
+                "no castore store here; create one with castore.open(url)", url=location.url
+            ) from None
+    config: dict[str, object] = {
+        "format": "castore",
+        "format_version": STORE_FORMAT_VERSION,
+        "hash": HASH_NAME,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        location.write_exclusive(STORE_CONFIG_KEY, json.dumps(config, indent=2).encode())
+    except ConflictError:
+        return _check_config(location, location.read(STORE_CONFIG_KEY))
+    return config
+
+
+def _check_config(location: Location, raw: bytes) -> dict[str, object]:
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IntegrityError(
+            f"{STORE_CONFIG_KEY} is not valid JSON: {exc}", url=location.url
+        ) from exc
+    if not isinstance(config, dict) or config.get("format") != "castore":
+        raise FormatError(f"{STORE_CONFIG_KEY} does not describe a castore store", url=location.url)
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > STORE_FORMAT_VERSION:
+        raise FormatError(
+            f"store format version {version} is newer than this castore reads "
+            f"({STORE_FORMAT_VERSION}); upgrade castore",
+            url=location.url,
+        )
+    if config.get("hash") != HASH_NAME:
+        raise FormatError(
+            f"store hashes with {config.get('hash')!r}, castore uses {HASH_NAME}", url=location.url
+        )
+    return config

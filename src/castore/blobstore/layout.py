@@ -1,0 +1,85 @@
+"""Every key in a store, built and parsed here and nowhere else.
+
+```
+castore.json                                   store config
+blobs/<d[0:2]>/<d[2:4]>/<d>                    blob frames
+runs/<run>/manifest/<epoch:010d>.parquet       one immutable part per commit
+```
+"""
+
+from __future__ import annotations
+
+import re
+
+from castore.blobstore.digest import Digest, is_digest
+from castore.errors import InvalidCheckpointError
+
+__all__ = [
+    "BLOBS_PREFIX",
+    "MAX_EPOCH",
+    "RUNS_PREFIX",
+    "STORE_CONFIG_KEY",
+    "blob_key",
+    "check_run_name",
+    "manifest_prefix",
+    "parse_blob_key",
+    "parse_part_name",
+    "part_key",
+]
+
+STORE_CONFIG_KEY = "castore.json"
+BLOBS_PREFIX = "blobs"
+RUNS_PREFIX = "runs"
+MAX_EPOCH = 10**10 - 1
+
+_RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}")
+_PART_NAME_RE = re.compile(r"(\d{10})\.parquet")
+
+
+def check_run_name(run: object) -> str:
+    """Return ``run`` if it is a safe single path segment, else raise before any write.
+
+    Letters, digits and ``. _ = + -``, starting with a letter or digit, at most 128
+    characters: no separators, no ``..``, nothing a bucket or a shell treats specially.
+    """
+    if not isinstance(run, str):
+        raise InvalidCheckpointError(f"run name must be a str, got {type(run).__name__}")
+    if not _RUN_NAME_RE.fullmatch(run) or ".." in run:
+        raise InvalidCheckpointError(
+            f"invalid run name {run!r}: use 1-128 letters, digits and '._=+-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return run
+
+
+def blob_key(digest: str) -> str:
+    if not is_digest(digest):
+        raise ValueError(f"not a digest: {digest!r}")
+    return f"{BLOBS_PREFIX}/{digest[0:2]}/{digest[2:4]}/{digest}"
+
+
+def parse_blob_key(key: str) -> Digest | None:
+    """The digest a blob key names, or None for anything that is not a well-formed blob key."""
+    parts = key.strip("/").split("/")
+    if len(parts) < 4 or parts[-4] != BLOBS_PREFIX:
+        return None
+    first, second, name = parts[-3:]
+    if not is_digest(name) or name[0:2] != first or name[2:4] != second:
+        return None
+    return Digest(name)
+
+
+def manifest_prefix(run: str) -> str:
+    return f"{RUNS_PREFIX}/{check_run_name(run)}/manifest"
+
+
+def part_key(run: str, epoch: int) -> str:
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise ValueError(f"epoch out of range: {epoch}")
+    return f"{manifest_prefix(run)}/{epoch:010d}.parquet"
+
+
+def parse_part_name(name: str) -> int | None:
+    """The epoch a part's file name encodes, or None for foreign files."""
+    match = _PART_NAME_RE.fullmatch(name.rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else None

@@ -1,0 +1,135 @@
+"""Where a store lives: an fsspec filesystem, a root path in it, and keyed byte I/O.
+
+Keys are relative, ``/``-separated (see ``layout``). Writes never expose partial
+content: local files are written to a temporary name and renamed (or hard-linked, for
+an exclusive create), object stores make a PUT visible whole.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from castore.blobstore.errors import backend_errors
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+__all__ = ["Location", "open_location"]
+
+# MemoryFileSystem checks then writes; one lock makes its exclusive create atomic within
+# the process, which is all a memory filesystem spans.
+_MEMORY_CREATE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A store root on an fsspec filesystem."""
+
+    fs: AbstractFileSystem
+    root: str
+    url: str
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def atomic_create(self) -> bool:
+        """Whether two processes racing to create one key see exactly one winner.
+
+        True for local disk (hard link), S3 and GCS (conditional PUT). Memory is atomic
+        within one process, the only place a memory filesystem exists.
+        """
+        return True
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}" if key else self.root or "/"
+
+    def read(self, key: str) -> bytes:
+        with backend_errors(f"reading {key}", url=self.url):
+            return self.fs.cat_file(self.path(key))
+
+    def exists(self, key: str) -> bool:
+        with backend_errors(f"checking {key}", url=self.url):
+            return self.fs.exists(self.path(key))
+
+    def write(self, key: str, data: bytes | memoryview) -> None:
+        """Write ``key`` whole; an existing key is replaced (used for content-addressed keys)."""
+        with backend_errors(f"writing {key}", url=self.url):
+            if self.is_local:
+                _write_local(self.path(key), data, exclusive=False)
+            else:
+                self.fs.pipe_file(self.path(key), bytes(data))
+
+    def write_exclusive(self, key: str, data: bytes) -> None:
+        """Create ``key`` whole, or raise ``ConflictError`` if it exists; never overwrites."""
+        path = self.path(key)
+        with backend_errors(f"creating {key}", url=self.url):
+            if self.is_local:
+                _write_local(path, data, exclusive=True)
+            elif isinstance(self.fs, MemoryFileSystem):
+                with _MEMORY_CREATE_LOCK:
+                    self.fs.pipe_file(path, data, mode="create")
+            else:
+                self.fs.pipe_file(path, data, mode="create")
+
+    def list_names(self, prefix: str) -> list[str]:
+        """Names directly under ``prefix`` (files and folders), freshly listed, sorted."""
+        path = self.path(prefix)
+        with backend_errors(f"listing {prefix or '/'}", url=self.url):
+            self.fs.invalidate_cache(path)
+            try:
+                entries = self.fs.ls(path, detail=False)
+            except FileNotFoundError:
+                return []
+        return sorted({entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries} - {""})
+
+    def find_sizes(self, prefix: str) -> dict[str, int]:
+        """Every file under ``prefix``, recursively, as ``{key: size}``."""
+        path = self.path(prefix)
+        with backend_errors(f"listing {prefix}", url=self.url):
+            self.fs.invalidate_cache(path)
+            try:
+                found = self.fs.find(path, detail=True)
+            except FileNotFoundError:
+                return {}
+        start = len(self.root) + 1
+        return {p[start:]: int(info.get("size") or 0) for p, info in found.items()}
+
+    def delete(self, key: str) -> None:
+        with backend_errors(f"deleting {key}", url=self.url):
+            self.fs.rm_file(self.path(key))
+
+
+def open_location(url: str, storage_options: dict[str, object] | None = None) -> Location:
+    """Resolve ``url`` (a path or any fsspec URL) with options passed through to fsspec."""
+    if not isinstance(url, str | os.PathLike) or not str(url):
+        raise TypeError(f"store URL must be a non-empty str or path, got {url!r}")
+    url = os.fspath(url)
+    with backend_errors("opening the store", url=url):
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return Location(fs=fs, root=root.rstrip("/"), url=url)
+
+
+def _write_local(path: str, data: bytes | memoryview, *, exclusive: bool) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with open(tmp, "xb") as f:
+        f.write(data)
+    try:
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if exclusive:
+            os.unlink(tmp)

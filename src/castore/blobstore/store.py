@@ -1,0 +1,70 @@
+"""BlobStore: frames by digest on a Location. Knows nothing of tensors or codecs.
+
+Blobs are immutable and content-addressed, so a put that finds the key already there
+(or races another writer of the same digest) is harmless: both wrote the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from castore._concurrency import bounded_map
+from castore._config import TransferOptions
+from castore.blobstore.digest import Digest, short
+from castore.blobstore.layout import BLOBS_PREFIX, blob_key, parse_blob_key
+from castore.errors import BlobNotFoundError, NotFoundError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from castore.blobstore.location import Location
+
+__all__ = ["BlobStore"]
+
+
+class BlobStore:
+    """put/get/has/list/delete of blob frames under ``<store>/blobs/``."""
+
+    def __init__(self, location: Location, transfer: TransferOptions | None = None) -> None:
+        self.location = location
+        self.transfer = transfer or TransferOptions()
+
+    def put(self, digest: Digest, frame: bytes | memoryview) -> None:
+        self.location.write(blob_key(digest), frame)
+
+    def get(self, digest: Digest) -> bytes:
+        try:
+            return self.location.read(blob_key(digest))
+        except NotFoundError as exc:
+            raise BlobNotFoundError(
+                f"blob {short(digest)} is missing from the store; run 'castore verify' "
+                "to list the affected checkpoints",
+                digest=digest,
+                url=self.location.url,
+            ) from exc
+
+    def has_many(self, digests: Iterable[Digest]) -> set[Digest]:
+        """The subset of ``digests`` present in the store, checked concurrently."""
+        unique = sorted(set(digests))
+        workers = 1 if self.location.is_local else self.transfer.workers
+        present = bounded_map(
+            lambda d: self.location.exists(blob_key(d)),
+            unique,
+            size_of=lambda _: 0,
+            workers=workers,
+            max_in_flight_bytes=1,
+        )
+        return {d for d, ok in zip(unique, present, strict=True) if ok}
+
+    def sizes(self) -> dict[Digest, int]:
+        """Every blob in the store with its stored (frame) size; foreign files are ignored."""
+        found = self.location.find_sizes(BLOBS_PREFIX)
+        sizes: dict[Digest, int] = {}
+        for key, size in found.items():
+            digest = parse_blob_key(key)
+            if digest is not None:
+                sizes[digest] = size
+        return sizes
+
+    def delete(self, digest: Digest) -> None:
+        self.location.delete(blob_key(digest))

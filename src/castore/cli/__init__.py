@@ -1,0 +1,1 @@
+"""The ``castore`` command: argument parsing and printing only."""

@@ -1,0 +1,43 @@
+"""zstd compression with per-thread contexts (a context is not safe to share)."""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from castore.errors import IntegrityError
+
+__all__ = ["compress", "decompress"]
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cache[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    if not hasattr(_local, "decompressor"):
+        _local.decompressor = zstandard.ZstdDecompressor()
+    return _local.decompressor
+
+
+def compress(data: bytes | memoryview, level: int) -> bytes:
+    return _compressor(level).compress(data)
+
+
+def decompress(payload: bytes | memoryview, decoded_length: int) -> bytes:
+    """Decompress exactly ``decoded_length`` bytes; never allocates more than that."""
+    try:
+        out = _decompressor().decompress(payload, max_output_size=decoded_length)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"zstd payload does not decode: {exc}") from exc
+    if len(out) != decoded_length:
+        raise IntegrityError(
+            f"zstd payload decoded to {len(out)} bytes, header says {decoded_length}"
+        )
+    return out

@@ -1,0 +1,192 @@
+"""Tensors -> manifest entries: validation, tied storage, and the bytes to store.
+
+Tensors that share one storage are found by (device, storage pointer). Identical views
+(tied weights) become one TENSOR entry plus ALIAS entries; different views of one storage
+(of one dtype) become a STORAGE entry holding the spanned bytes plus VIEW entries, so
+they come back sharing storage. Every other tensor is stored as its own row-major bytes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from castore.errors import InvalidCheckpointError
+from castore.snapshot.dtypes import code_of
+from castore.snapshot.refs import Role
+
+__all__ = ["PlannedEntry", "check_tensor", "host_bytes", "plan_entries"]
+
+_ALLOWED_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEntry:
+    """A manifest entry before its chunks are known; ``source`` supplies data entries' bytes."""
+
+    name: str
+    role: Role
+    dtype: str
+    shape: tuple[int, ...]
+    device: str
+    source: torch.Tensor | None = None
+    base: str | None = None
+    storage_offset: int = 0
+    stride: tuple[int, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.source is None else self.source.numel() * self.source.element_size()
+
+    @property
+    def element_size(self) -> int:
+        return 1 if self.source is None else self.source.element_size()
+
+
+def check_tensor(tensor: torch.Tensor, name: str) -> None:
+    """Refuse tensors castore cannot store faithfully, before anything is written."""
+    problem = None
+    if type(tensor) not in _ALLOWED_TYPES:
+        problem = f"tensor subclass {type(tensor).__qualname__} is not supported"
+    elif tensor.is_nested:
+        problem = "nested tensors are not supported; unbind them into a list"
+    elif tensor.layout != torch.strided:
+        problem = f"{tensor.layout} tensors are not supported; call .to_dense() first"
+    elif tensor.is_quantized:
+        problem = "quantized tensors are not supported; dequantize() first"
+    elif tensor.device.type == "meta":
+        problem = "meta tensors have no data to store; materialise them first"
+    if problem is not None:
+        raise InvalidCheckpointError(problem, tensor=name)
+    code_of(tensor.dtype, tensor=name)
+
+
+def plan_entries(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> list[PlannedEntry]:
+    """One entry per tensor, in order, plus a STORAGE entry before views that need one."""
+    for name, tensor in zip(names, tensors, strict=True):
+        check_tensor(tensor, name)
+
+    groups: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for index, tensor in enumerate(tensors):
+        storage = tensor.untyped_storage()
+        if storage.nbytes() > 0 and tensor.numel() > 0:
+            groups[(str(tensor.device), storage.data_ptr())].append(index)
+
+    entries: list[PlannedEntry] = []
+    emitted: dict[int, str] = {}
+    for index, (name, tensor) in enumerate(zip(names, tensors, strict=True)):
+        if index in emitted:
+            continue
+        group = groups.get((str(tensor.device), tensor.untyped_storage().data_ptr()), [index])
+        if tensor.numel() == 0 or len(group) == 1:
+            entries.append(_own_bytes(name, tensor))
+        elif all(_same_view(tensor, tensors[i]) for i in group):
+            entries.append(_own_bytes(name, tensor))
+            for i in group[1:]:
+                entries.append(_alias(names[i], tensors[i], name))
+                emitted[i] = names[i]
+        elif len({tensors[i].dtype for i in group}) == 1:
+            entries.extend(_shared_storage([names[i] for i in group], [tensors[i] for i in group]))
+            emitted.update({i: names[i] for i in group})
+        else:
+            entries.append(_own_bytes(name, tensor))
+    return _in_name_order(entries, names)
+
+
+def host_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's row-major bytes in CPU memory, without a copy when already there."""
+    flat = tensor.detach()
+    if flat.device.type != "cpu":
+        flat = flat.cpu()
+    flat = flat.contiguous().reshape(-1).view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B")
+
+
+def _own_bytes(name: str, tensor: torch.Tensor) -> PlannedEntry:
+    return PlannedEntry(
+        name=name,
+        role=Role.TENSOR,
+        dtype=code_of(tensor.dtype),
+        shape=tuple(tensor.shape),
+        device=str(tensor.device),
+        source=tensor,
+    )
+
+
+def _alias(name: str, tensor: torch.Tensor, base: str) -> PlannedEntry:
+    return PlannedEntry(
+        name=name,
+        role=Role.ALIAS,
+        dtype=code_of(tensor.dtype),
+        shape=tuple(tensor.shape),
+        device=str(tensor.device),
+        base=base,
+    )
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.storage_offset() == b.storage_offset()
+    )
+
+
+def _shared_storage(names: list[str], tensors: list[torch.Tensor]) -> list[PlannedEntry]:
+    """A STORAGE entry spanning every view, then one VIEW entry per tensor."""
+    first = tensors[0]
+    starts, ends = [], []
+    for tensor in tensors:
+        start = tensor.storage_offset()
+        extent = sum(
+            (size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True)
+        )
+        starts.append(start)
+        ends.append(start + extent + 1)
+    span_start, span_end = min(starts), max(ends)
+    span = torch.empty(0, dtype=first.dtype, device=first.device)
+    span.set_(first.untyped_storage(), span_start, (span_end - span_start,), (1,))
+    storage_name = f"{names[0]}@storage"
+    entries = [
+        PlannedEntry(
+            name=storage_name,
+            role=Role.STORAGE,
+            dtype=code_of(first.dtype),
+            shape=(span_end - span_start,),
+            device=str(first.device),
+            source=span,
+        )
+    ]
+    for name, tensor, start in zip(names, tensors, starts, strict=True):
+        entries.append(
+            PlannedEntry(
+                name=name,
+                role=Role.VIEW,
+                dtype=code_of(tensor.dtype),
+                shape=tuple(tensor.shape),
+                device=str(tensor.device),
+                base=storage_name,
+                storage_offset=start - span_start,
+                stride=tuple(tensor.stride()),
+            )
+        )
+    return entries
+
+
+def _in_name_order(entries: list[PlannedEntry], names: tuple[str, ...]) -> list[PlannedEntry]:
+    """Keep leaf order (skeleton index order); storage entries go just before their views."""
+    position = {name: i for i, name in enumerate(names)}
+    first_view: dict[str, int] = {}
+    for entry in entries:
+        if entry.role == Role.VIEW and entry.base is not None:
+            first_view.setdefault(entry.base, position[entry.name])
+
+    def order(entry: PlannedEntry) -> tuple[int, int]:
+        if entry.role == Role.STORAGE:
+            return (first_view[entry.name], 0)
+        return (position[entry.name], 1)
+
+    return sorted(entries, key=order)
