@@ -9,11 +9,14 @@ state = run.load(best="score")
 ```
 """
 
-from castore._config import ChunkingOptions, CodecOptions, TransferOptions
+from castore._config import CacheOptions, ChunkingOptions, CodecOptions, TransferOptions
+from castore.api.checkpoint import Checkpoint
 from castore.api.run import Run
 from castore.api.save import SaveInfo
 from castore.api.store import Store
 from castore.api.store import open_store as open
+from castore.blobstore.retry import RetryPolicy
+from castore.blobstore.stats import TransferStats
 from castore.errors import (
     BlobNotFoundError,
     CastoreError,
@@ -32,7 +35,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlobNotFoundError",
+    "CacheOptions",
     "CastoreError",
+    "Checkpoint",
     "ChunkingOptions",
     "CodecOptions",
     "ConflictError",
@@ -41,12 +46,14 @@ __all__ = [
     "InvalidCheckpointError",
     "NotFoundError",
     "QueryError",
+    "RetryPolicy",
     "Run",
     "SaveInfo",
     "StorageError",
     "Store",
     "StoreUsage",
     "TransferOptions",
+    "TransferStats",
     "UnsafeLoadError",
     "__version__",
     "open",

@@ -6,9 +6,18 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["ChunkingOptions", "CodecName", "CodecOptions", "TransferOptions"]
+__all__ = [
+    "CACHE_DIR_ENV",
+    "CacheOptions",
+    "ChunkingOptions",
+    "CodecName",
+    "CodecOptions",
+    "TransferOptions",
+]
 
 MiB = 1 << 20
+GiB = 1 << 30
+CACHE_DIR_ENV = "CASTORE_CACHE_DIR"
 
 CodecName = Literal["auto", "raw", "zstd"]
 
@@ -73,3 +82,31 @@ class TransferOptions:
             raise ValueError(
                 f"max_in_flight_bytes must be positive, got {self.max_in_flight_bytes}"
             )
+
+
+def default_cache_dir() -> str:
+    """``$CASTORE_CACHE_DIR``, else ``$XDG_CACHE_HOME/castore``, else ``~/.cache/castore``."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "castore")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheOptions:
+    """The local read-through blob cache in front of remote stores.
+
+    ``enabled=None`` turns it on for remote stores (S3, GCS, ...) and off for local disk
+    and memory, where it would only copy bytes. Blobs are immutable and named by content,
+    so one cache directory serves every store and nothing in it ever needs invalidating;
+    least recently used blobs are evicted beyond ``max_bytes``.
+    """
+
+    enabled: bool | None = None
+    directory: str | None = None
+    max_bytes: int = 10 * GiB
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 0:
+            raise ValueError(f"max_bytes must be non-negative, got {self.max_bytes}")

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from castore._concurrency import bounded_map
+from castore.blobstore.digest import Digest
 from castore.codec.frame import decode_frame
-from castore.errors import CastoreError
+from castore.errors import CastoreError, IntegrityError
 from castore.snapshot.rebuild import allocate, assemble, byte_view, check_refs
 from castore.snapshot.refs import Role
 from castore.snapshot.tree import unflatten_tree
@@ -60,7 +61,7 @@ def load_checkpoint(
 
     def fetch(job: _BlobJob) -> None:
         try:
-            decoded = _fetch_decoded(blobs, job.digest, job.blob_length)
+            decoded = _fetch_decoded(blobs, Digest(job.digest), job.blob_length)
         except CastoreError as exc:
             exc.tensor = exc.tensor or job.targets[0][0]
             raise
@@ -86,11 +87,22 @@ def load_checkpoint(
     return unflatten_tree(record.skeleton, leaves)
 
 
-def _fetch_decoded(blobs: BlobStore, digest: str, blob_length: int | None) -> bytes:
-    """Fetch, decode and verify one blob, following a delta frame to its base."""
-    return decode_frame(
-        blobs.get(digest),  # type: ignore[arg-type]
-        digest=digest,
-        expected_length=blob_length,
-        get_base=lambda base: _fetch_decoded(blobs, base, blob_length),
-    )
+def _fetch_decoded(
+    blobs: BlobStore, digest: Digest, blob_length: int, *, from_store: bool = False
+) -> bytes:
+    """Fetch, decode and verify one blob, following a delta frame to its base.
+
+    A frame that fails verification is fetched once more from the store when the first
+    copy came from the local cache (then discarded): the store's copy decides.
+    """
+    try:
+        return decode_frame(
+            blobs.get(digest),
+            digest=digest,
+            expected_length=blob_length,
+            get_base=lambda base: _fetch_decoded(blobs, Digest(base), blob_length),
+        )
+    except IntegrityError:
+        if from_store or not blobs.discard_cached(digest):
+            raise
+    return _fetch_decoded(blobs, digest, blob_length, from_store=True)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from castore.api.checkpoint import Checkpoint
 from castore.api.load import MapLocation, load_checkpoint
-from castore.api.save import SaveInfo, check_epoch, save_checkpoint
+from castore.api.save import SaveInfo, check_epoch, check_metrics, save_checkpoint
 from castore.errors import CastoreError, ConflictError, InvalidCheckpointError, NotFoundError
+from castore.manifest.annotations import AnnotationReader, merge_metrics, write_annotation
 from castore.manifest.query import concat_summaries
 from castore.manifest.reader import list_epochs, read_part, read_summary
 from castore.manifest.schema import check_metric_name
@@ -36,6 +39,7 @@ class Run:
         self.name = name
         self._records: dict[int, CheckpointRecord] = {}
         self._summaries: dict[int, pa.Table] = {}
+        self._annotations = AnnotationReader(store.location, name)
 
     def __repr__(self) -> str:
         return f"castore.Run({self.store.url!r}, {self.name!r})"
@@ -114,6 +118,72 @@ class Run:
                 map_location=map_location,
             )
 
+    def open(self, epoch: int | None = None) -> Checkpoint:
+        """A handle on checkpoint ``epoch`` (the latest by default) without loading tensors."""
+        if epoch is None:
+            epoch = self.latest()
+            if epoch is None:
+                raise NotFoundError(f"run '{self.name}' has no checkpoints", run=self.name)
+        with self._context("opening", epoch):
+            self.record(check_epoch(epoch))
+        return Checkpoint(self, epoch)
+
+    def annotate(self, epoch: int, metrics: Mapping[str, object]) -> None:
+        """Attach metrics to a committed checkpoint (an evaluator's score).
+
+        Each call writes its own immutable part, so an evaluator annotating while the
+        trainer saves, or two evaluators at once, never lose each other's writes. The
+        metrics show in ``checkpoints()``, ``best=`` and queries; a later annotation of
+        the same metric wins over an earlier one and over the value saved with it.
+
+        Raises:
+            NotFoundError: the epoch is not committed.
+            InvalidCheckpointError: bad metric names or values; nothing was written.
+        """
+        with self._context("annotating", epoch):
+            epoch = check_epoch(epoch)
+            checked = check_metrics(metrics)
+            if not checked:
+                raise InvalidCheckpointError("annotate needs at least one metric")
+            self.record(epoch)
+            write_annotation(self.store.location, self.name, epoch, checked)
+
+    def annotations(self) -> dict[int, dict[str, float]]:
+        """Annotated metrics by epoch, merged in the order they were written."""
+        return self._annotations.metrics_by_epoch()
+
+    def follow(
+        self,
+        *,
+        poll_s: float = 5.0,
+        since: int | None = None,
+        timeout_s: float | None = None,
+    ) -> Iterator[Checkpoint]:
+        """Yield each checkpoint as it is committed, for an evaluator that follows a run.
+
+        Existing checkpoints after ``since`` (all by default) come first, in epoch order;
+        then the run is listed every ``poll_s`` seconds and new ones are yielded as they
+        appear (a late commit of a lower epoch too). With ``timeout_s`` the generator ends
+        once nothing new has appeared for that long; otherwise it runs until closed.
+        """
+        if poll_s <= 0:
+            raise InvalidCheckpointError(f"poll_s must be positive, got {poll_s}")
+        seen: set[int] = set()
+        last_new = time.monotonic()
+        while True:
+            fresh = [e for e in self.epochs() if e not in seen and (since is None or e > since)]
+            for epoch in fresh:
+                seen.add(epoch)
+                yield Checkpoint(self, epoch)
+            now = time.monotonic()
+            if fresh:
+                last_new = now
+            elif timeout_s is not None and now - last_new >= timeout_s:
+                return
+            time.sleep(
+                poll_s if timeout_s is None else min(poll_s, max(0.0, timeout_s - (now - last_new)))
+            )
+
     def epochs(self) -> list[int]:
         """Committed epochs, ascending."""
         return list_epochs(self.store.location, self.name)
@@ -157,13 +227,14 @@ class Run:
         return self._records[epoch]
 
     def summary_table(self) -> pa.Table:
-        """Arrow table of every checkpoint's summary row, sorted by epoch."""
+        """Arrow table of every checkpoint's summary row, sorted by epoch, with annotated
+        metrics merged in."""
         tables = []
         for epoch in self.epochs():
             if epoch not in self._summaries:
                 self._summaries[epoch] = read_summary(self.store.location, self.name, epoch)
             tables.append(self._summaries[epoch])
-        return concat_summaries(tables)
+        return merge_metrics(concat_summaries(tables), self.annotations())
 
     @contextmanager
     def _context(self, doing: str, epoch: object) -> Iterator[None]:

@@ -6,12 +6,21 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from castore._config import ChunkingOptions, CodecOptions, TransferOptions
+from fsspec.implementations.memory import MemoryFileSystem
+
+from castore._config import (
+    CacheOptions,
+    ChunkingOptions,
+    CodecOptions,
+    TransferOptions,
+    default_cache_dir,
+)
 from castore.api.run import Run
 from castore.api.save import SaveOptions
+from castore.blobstore.cache import LocalBlobCache
 from castore.blobstore.layout import STORE_CONFIG_KEY, check_run_name
 from castore.blobstore.location import Location, open_location
-from castore.blobstore.store import BlobStore
+from castore.blobstore.store import BlobStore, CachedBlobStore
 from castore.errors import ConflictError, FormatError, IntegrityError, NotFoundError
 from castore.maintenance.accounting import StoreUsage, measure_usage
 from castore.manifest.query import concat_summaries, run_query
@@ -19,6 +28,9 @@ from castore.manifest.reader import list_runs
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from castore.blobstore.retry import RetryPolicy
+    from castore.blobstore.stats import TransferStats
 
 __all__ = ["STORE_FORMAT_VERSION", "Store", "open_store"]
 
@@ -32,9 +44,9 @@ class Store:
     Create one with ``castore.open(url)``.
     """
 
-    def __init__(self, location: Location, options: SaveOptions) -> None:
+    def __init__(self, location: Location, blobs: BlobStore, options: SaveOptions) -> None:
         self.location = location
-        self.blobs = BlobStore(location, options.transfer)
+        self.blobs = blobs
         self.options = options
         self._runs: dict[str, Run] = {}
 
@@ -44,6 +56,11 @@ class Store:
 
     def __repr__(self) -> str:
         return f"castore.Store({self.url!r})"
+
+    def transfer_stats(self) -> TransferStats:
+        """Blobs and bytes uploaded, downloaded and served from the local cache so far;
+        subtract two snapshots to see what one call moved."""
+        return self.blobs.stats()
 
     def run(self, name: str) -> Run:
         """The run called ``name``; it exists once its first checkpoint is saved."""
@@ -82,20 +99,23 @@ def open_store(
     chunking: ChunkingOptions | None = None,
     codec: CodecOptions | None = None,
     transfer: TransferOptions | None = None,
+    cache: CacheOptions | None = None,
+    retry: RetryPolicy | None = None,
     progress: bool | None = None,
     **storage_options: object,
 ) -> Store:
     """Open the store at ``url`` (a path or any fsspec URL), creating it if ``create``.
 
     Storage options (``endpoint_url``, ``key``, ``token``, ``anon``...) go to fsspec as
-    they are. ``progress`` shows progress bars on long transfers: None means only when
-    stderr is a terminal.
+    they are. ``cache`` configures the local read-through blob cache (on by default for
+    remote stores), ``retry`` the backoff on transient backend failures. ``progress``
+    shows progress bars on long transfers: None means only when stderr is a terminal.
 
     Raises:
         NotFoundError: no store at ``url`` and ``create`` is false.
         FormatError: the store was written by a newer castore.
     """
-    location = open_location(url, storage_options)
+    location = open_location(url, storage_options, retry)
     _open_or_create_config(location, create=create)
     options = SaveOptions(
         chunking=chunking or ChunkingOptions(),
@@ -103,7 +123,18 @@ def open_store(
         transfer=transfer or TransferOptions(),
         progress=progress,
     )
-    return Store(location, options)
+    return Store(
+        location, _blob_store(location, options.transfer, cache or CacheOptions()), options
+    )
+
+
+def _blob_store(location: Location, transfer: TransferOptions, cache: CacheOptions) -> BlobStore:
+    """A plain BlobStore for local disk and memory, a cached one in front of remote stores."""
+    remote = not (location.is_local or isinstance(location.fs, MemoryFileSystem))
+    if cache.enabled is False or (cache.enabled is None and not remote):
+        return BlobStore(location, transfer)
+    directory = cache.directory or default_cache_dir()
+    return CachedBlobStore(location, LocalBlobCache(directory, cache.max_bytes), transfer)
 
 
 def _open_or_create_config(location: Location, *, create: bool) -> dict[str, object]:

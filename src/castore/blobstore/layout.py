@@ -4,6 +4,8 @@
 castore.json                                   store config
 blobs/<d[0:2]>/<d[2:4]>/<d>                    blob frames
 runs/<run>/manifest/<epoch:010d>.parquet       one immutable part per commit
+runs/<run>/metrics/<epoch:010d>-<us:016d>-<id>.parquet
+                                               metrics attached later, one part each
 ```
 """
 
@@ -19,9 +21,12 @@ __all__ = [
     "MAX_EPOCH",
     "RUNS_PREFIX",
     "STORE_CONFIG_KEY",
+    "annotation_key",
+    "annotation_prefix",
     "blob_key",
     "check_run_name",
     "manifest_prefix",
+    "parse_annotation_name",
     "parse_blob_key",
     "parse_part_name",
     "part_key",
@@ -34,6 +39,7 @@ MAX_EPOCH = 10**10 - 1
 
 _RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}")
 _PART_NAME_RE = re.compile(r"(\d{10})\.parquet")
+_ANNOTATION_NAME_RE = re.compile(r"(\d{10})-(\d{16})-[0-9a-f]{8}\.parquet")
 
 
 def check_run_name(run: object) -> str:
@@ -83,3 +89,20 @@ def parse_part_name(name: str) -> int | None:
     """The epoch a part's file name encodes, or None for foreign files."""
     match = _PART_NAME_RE.fullmatch(name.rsplit("/", 1)[-1])
     return int(match.group(1)) if match else None
+
+
+def annotation_prefix(run: str) -> str:
+    return f"{RUNS_PREFIX}/{check_run_name(run)}/metrics"
+
+
+def annotation_key(run: str, epoch: int, created_us: int, unique: str) -> str:
+    """A fresh key per annotation: concurrent annotators never write the same key."""
+    if not 0 <= epoch <= MAX_EPOCH:
+        raise ValueError(f"epoch out of range: {epoch}")
+    return f"{annotation_prefix(run)}/{epoch:010d}-{created_us:016d}-{unique[:8]}.parquet"
+
+
+def parse_annotation_name(name: str) -> tuple[int, int] | None:
+    """(epoch, created_us) of an annotation part's file name, or None for foreign files."""
+    match = _ANNOTATION_NAME_RE.fullmatch(name.rsplit("/", 1)[-1])
+    return (int(match.group(1)), int(match.group(2))) if match else None

@@ -2,7 +2,8 @@
 
 Keys are relative, ``/``-separated (see ``layout``). Writes never expose partial
 content: local files are written to a temporary name and renamed (or hard-linked, for
-an exclusive create), object stores make a PUT visible whole.
+an exclusive create), object stores make a PUT visible whole. Every operation is retried
+on transient backend failures (see ``retry``).
 """
 
 from __future__ import annotations
@@ -10,19 +11,25 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from castore.blobstore.errors import backend_errors
+from castore.blobstore.retry import RetryPolicy, with_retries
+from castore.errors import ConflictError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from fsspec import AbstractFileSystem
 
 __all__ = ["Location", "open_location"]
+
+T = TypeVar("T")
 
 # MemoryFileSystem checks then writes; one lock makes its exclusive create atomic within
 # the process, which is all a memory filesystem spans.
@@ -36,6 +43,7 @@ class Location:
     fs: AbstractFileSystem
     root: str
     url: str
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     @property
     def is_local(self) -> bool:
@@ -43,10 +51,10 @@ class Location:
 
     @property
     def atomic_create(self) -> bool:
-        """Whether two processes racing to create one key see exactly one winner.
+        """Whether two writers racing to create one key see exactly one winner.
 
-        True for local disk (hard link), S3 and GCS (conditional PUT). Memory is atomic
-        within one process, the only place a memory filesystem exists.
+        True for local disk (hard link), S3 and GCS (conditional PUT), and memory within
+        the one process a memory filesystem spans.
         """
         return True
 
@@ -54,69 +62,96 @@ class Location:
         return f"{self.root}/{key}" if key else self.root or "/"
 
     def read(self, key: str) -> bytes:
-        with backend_errors(f"reading {key}", url=self.url):
-            return self.fs.cat_file(self.path(key))
+        return self._io(f"reading {key}", lambda: self.fs.cat_file(self.path(key)))
 
     def exists(self, key: str) -> bool:
-        with backend_errors(f"checking {key}", url=self.url):
-            return self.fs.exists(self.path(key))
+        return self._io(f"checking {key}", lambda: self.fs.exists(self.path(key)))
 
     def write(self, key: str, data: bytes | memoryview) -> None:
         """Write ``key`` whole; an existing key is replaced (used for content-addressed keys)."""
-        with backend_errors(f"writing {key}", url=self.url):
-            if self.is_local:
-                _write_local(self.path(key), data, exclusive=False)
-            else:
-                self.fs.pipe_file(self.path(key), bytes(data))
+        path = self.path(key)
+        if self.is_local:
+            self._io(f"writing {key}", lambda: _write_local(path, data, exclusive=False))
+        else:
+            payload = bytes(data)
+            self._io(f"writing {key}", lambda: self.fs.pipe_file(path, payload))
 
     def write_exclusive(self, key: str, data: bytes) -> None:
-        """Create ``key`` whole, or raise ``ConflictError`` if it exists; never overwrites."""
+        """Create ``key`` whole, or raise ``ConflictError`` if it exists; never overwrites.
+
+        A retry after a transient failure may find the key created by the attempt whose
+        answer was lost; it counts as ours when it holds exactly our bytes.
+        """
         path = self.path(key)
-        with backend_errors(f"creating {key}", url=self.url):
-            if self.is_local:
-                _write_local(path, data, exclusive=True)
-            elif isinstance(self.fs, MemoryFileSystem):
-                with _MEMORY_CREATE_LOCK:
-                    self.fs.pipe_file(path, data, mode="create")
-            else:
-                self.fs.pipe_file(path, data, mode="create")
+
+        def create(attempt: int) -> None:
+            try:
+                with backend_errors(f"creating {key}", url=self.url):
+                    if self.is_local:
+                        _write_local(path, data, exclusive=True)
+                    elif isinstance(self.fs, MemoryFileSystem):
+                        with _MEMORY_CREATE_LOCK:
+                            self.fs.pipe_file(path, data, mode="create")
+                    else:
+                        self.fs.pipe_file(path, data, mode="create")
+            except ConflictError:
+                if attempt == 0 or self.read(key) != data:
+                    raise
+
+        with_retries(self.retry, create)
 
     def list_names(self, prefix: str) -> list[str]:
         """Names directly under ``prefix`` (files and folders), freshly listed, sorted."""
         path = self.path(prefix)
-        with backend_errors(f"listing {prefix or '/'}", url=self.url):
+
+        def names() -> list[str]:
             self.fs.invalidate_cache(path)
             try:
                 entries = self.fs.ls(path, detail=False)
             except FileNotFoundError:
                 return []
-        return sorted({entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries} - {""})
+            return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries} - {""})
+
+        return self._io(f"listing {prefix or '/'}", names)
 
     def find_sizes(self, prefix: str) -> dict[str, int]:
         """Every file under ``prefix``, recursively, as ``{key: size}``."""
         path = self.path(prefix)
-        with backend_errors(f"listing {prefix}", url=self.url):
+        start = len(self.root) + 1
+
+        def sizes() -> dict[str, int]:
             self.fs.invalidate_cache(path)
             try:
                 found = self.fs.find(path, detail=True)
             except FileNotFoundError:
                 return {}
-        start = len(self.root) + 1
-        return {p[start:]: int(info.get("size") or 0) for p, info in found.items()}
+            return {p[start:]: int(info.get("size") or 0) for p, info in found.items()}
+
+        return self._io(f"listing {prefix}", sizes)
 
     def delete(self, key: str) -> None:
-        with backend_errors(f"deleting {key}", url=self.url):
-            self.fs.rm_file(self.path(key))
+        self._io(f"deleting {key}", lambda: self.fs.rm_file(self.path(key)))
+
+    def _io(self, doing: str, operation: Callable[[], T]) -> T:
+        def attempt(_: int) -> T:
+            with backend_errors(doing, url=self.url):
+                return operation()
+
+        return with_retries(self.retry, attempt)
 
 
-def open_location(url: str, storage_options: dict[str, object] | None = None) -> Location:
+def open_location(
+    url: str,
+    storage_options: dict[str, object] | None = None,
+    retry: RetryPolicy | None = None,
+) -> Location:
     """Resolve ``url`` (a path or any fsspec URL) with options passed through to fsspec."""
     if not isinstance(url, str | os.PathLike) or not str(url):
         raise TypeError(f"store URL must be a non-empty str or path, got {url!r}")
     url = os.fspath(url)
     with backend_errors("opening the store", url=url):
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    return Location(fs=fs, root=root.rstrip("/"), url=url)
+    return Location(fs=fs, root=root.rstrip("/"), url=url, retry=retry or RetryPolicy())
 
 
 def _write_local(path: str, data: bytes | memoryview, *, exclusive: bool) -> None:

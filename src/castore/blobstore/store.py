@@ -2,6 +2,7 @@
 
 Blobs are immutable and content-addressed, so a put that finds the key already there
 (or races another writer of the same digest) is harmless: both wrote the same bytes.
+``CachedBlobStore`` wraps one with a local read-through cache for remote stores.
 """
 
 from __future__ import annotations
@@ -12,29 +13,36 @@ from castore._concurrency import bounded_map
 from castore._config import TransferOptions
 from castore.blobstore.digest import Digest, short
 from castore.blobstore.layout import BLOBS_PREFIX, blob_key, parse_blob_key
+from castore.blobstore.stats import TransferCounter, TransferStats
 from castore.errors import BlobNotFoundError, NotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from castore.blobstore.cache import LocalBlobCache
     from castore.blobstore.location import Location
 
-__all__ = ["BlobStore"]
+__all__ = ["BlobStore", "CachedBlobStore"]
 
 
 class BlobStore:
-    """put/get/has/list/delete of blob frames under ``<store>/blobs/``."""
+    """put/get/has/list/delete of blob frames under ``<store>/blobs/``, with counts."""
 
     def __init__(self, location: Location, transfer: TransferOptions | None = None) -> None:
         self.location = location
         self.transfer = transfer or TransferOptions()
+        self.counter = TransferCounter()
+
+    def stats(self) -> TransferStats:
+        return self.counter.snapshot()
 
     def put(self, digest: Digest, frame: bytes | memoryview) -> None:
         self.location.write(blob_key(digest), frame)
+        self.counter.add("uploaded", len(frame))
 
     def get(self, digest: Digest) -> bytes:
         try:
-            return self.location.read(blob_key(digest))
+            frame = self.location.read(blob_key(digest))
         except NotFoundError as exc:
             raise BlobNotFoundError(
                 f"blob {short(digest)} is missing from the store; run 'castore verify' "
@@ -42,6 +50,13 @@ class BlobStore:
                 digest=digest,
                 url=self.location.url,
             ) from exc
+        self.counter.add("downloaded", len(frame))
+        return frame
+
+    def discard_cached(self, digest: Digest) -> bool:
+        """Forget a locally cached copy found corrupt; True if there was one to forget."""
+        del digest
+        return False
 
     def has_many(self, digests: Iterable[Digest]) -> set[Digest]:
         """The subset of ``digests`` present in the store, checked concurrently."""
@@ -68,3 +83,25 @@ class BlobStore:
 
     def delete(self, digest: Digest) -> None:
         self.location.delete(blob_key(digest))
+
+
+class CachedBlobStore(BlobStore):
+    """A BlobStore whose reads go through a LocalBlobCache first."""
+
+    def __init__(
+        self, location: Location, cache: LocalBlobCache, transfer: TransferOptions | None = None
+    ) -> None:
+        super().__init__(location, transfer)
+        self.cache = cache
+
+    def get(self, digest: Digest) -> bytes:
+        frame = self.cache.get(digest)
+        if frame is not None:
+            self.counter.add("from_cache", len(frame))
+            return frame
+        frame = super().get(digest)
+        self.cache.put(digest, frame)
+        return frame
+
+    def discard_cached(self, digest: Digest) -> bool:
+        return self.cache.discard(digest)
