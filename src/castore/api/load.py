@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from castore._concurrency import bounded_map
+from castore.api.progress import progress_bar
 from castore.blobstore.digest import Digest
 from castore.codec.frame import decode_frame
 from castore.errors import CastoreError, IntegrityError
@@ -44,6 +45,7 @@ def load_checkpoint(
     *,
     transfer: TransferOptions,
     map_location: MapLocation = None,
+    progress: bool | None = None,
 ) -> Any:
     """Rebuild the saved tree; tensors land on ``map_location`` (CPU by default)."""
     refs = record.tensors
@@ -69,14 +71,17 @@ def load_checkpoint(
         for name, position, offset, length in job.targets:
             destinations[name][position : position + length] = source[offset : offset + length]
 
+    total = sum(job.blob_length for job in jobs.values())
     try:
-        bounded_map(
-            fetch,
-            list(jobs.values()),
-            size_of=lambda job: job.blob_length,
-            workers=transfer.workers,
-            max_in_flight_bytes=transfer.max_in_flight_bytes,
-        )
+        with progress_bar(total, "loading", progress) as bar:
+            bounded_map(
+                fetch,
+                list(jobs.values()),
+                size_of=lambda job: job.blob_length,
+                workers=transfer.workers,
+                max_in_flight_bytes=transfer.max_in_flight_bytes,
+                on_result=lambda job, _: bar.update(job.blob_length),
+            )
     except CastoreError as exc:
         exc.run, exc.epoch = record.run, record.epoch
         raise

@@ -116,6 +116,7 @@ class Run:
                 record,
                 transfer=self.store.options.transfer,
                 map_location=map_location,
+                progress=self.store.options.progress,
             )
 
     def open(self, epoch: int | None = None) -> Checkpoint:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from tqdm.auto import tqdm
-
 from castore._concurrency import bounded_map
+from castore.api.progress import progress_bar
 from castore.blobstore.layout import MAX_EPOCH
 from castore.codec.frame import encode_frame
 from castore.codec.hashing import hash_bytes
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
     from castore.blobstore.store import BlobStore
 
 __all__ = ["SaveInfo", "SaveOptions", "check_epoch", "check_metrics", "save_checkpoint"]
-
-_PROGRESS_DELAY_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +120,7 @@ def save_checkpoint(
         options.chunking,
     )
     transfer = options.transfer
-    with _progress(plan.total_bytes, "hashing", options.progress) as bar:
+    with progress_bar(plan.total_bytes, "hashing", options.progress) as bar:
         digests: list[Digest] = bounded_map(
             lambda chunk: hash_bytes(chunk_data(chunk, data)),
             plan.chunks,
@@ -149,7 +146,7 @@ def save_checkpoint(
         return len(frame)
 
     new_bytes = sum(first_chunk[d].length for d in missing)
-    with _progress(new_bytes, "writing", options.progress) as bar:
+    with progress_bar(new_bytes, "writing", options.progress) as bar:
         frame_sizes = bounded_map(
             encode_and_put,
             missing,
@@ -208,18 +205,4 @@ def _tensor_refs(
             device=entry.device,
         )
         for i, entry in enumerate(entries)
-    )
-
-
-def _progress(total: int, what: str, enabled: bool | None) -> tqdm:
-    """A byte progress bar shown after a couple of seconds, on a terminal only by default."""
-    return tqdm(
-        total=total,
-        desc=what,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        delay=_PROGRESS_DELAY_S,
-        disable=None if enabled is None else not enabled,
-        leave=False,
     )

@@ -61,7 +61,7 @@ def _http_error_type() -> tuple[type[BaseException], ...]:
 
 def is_transient(exc: BaseException | None) -> bool:
     """True for failures that another attempt may not meet: retry these, nothing else."""
-    if exc is None or isinstance(exc, CastoreError | _PERMANENT_OS_ERRORS):
+    if exc is None or isinstance(exc, (CastoreError, *_PERMANENT_OS_ERRORS)):
         return False
     if isinstance(exc, _TRANSIENT_OS_ERRORS):
         return True
