@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from fsspec import AbstractFileSystem
 
-BACKENDS = ["local", "memory"]
+BACKENDS = ["local", "memory", "s3", "gcs"]
 
 
 @dataclass(frozen=True)
@@ -47,4 +47,13 @@ def backend(
         if fs.exists(f"/{name}"):
             fs.rm(f"/{name}", recursive=True)
     else:
-        raise ValueError(request.param)
+        server = request.getfixturevalue(f"{request.param}_server")
+        prefix = f"t-{uuid.uuid4().hex}"
+        fs = server.new_filesystem()
+        yield Backend(
+            request.param,
+            server.url(prefix),
+            fs,
+            f"{server.bucket}/{prefix}",
+            dict(server.storage_options),
+        )

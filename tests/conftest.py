@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
+import pytest
 from hypothesis import HealthCheck, settings
 
+from castore._config import CACHE_DIR_ENV
 from tests.backends import backend  # noqa: F401  (fixture)
+
+# tests.servers must be imported before anything imports gcsfs (see its docstring).
+from tests.servers import gcs_server, s3_server  # noqa: F401  (fixtures)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 settings.register_profile(
     "ci",
@@ -16,3 +25,11 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Remote stores cache blobs locally; never in the user's real cache directory."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("castore-cache")))
+        yield

@@ -6,11 +6,13 @@ Effects are checked through the raw filesystem (``backend.raw_fs``) as well as c
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import torch
 
 import castore
+import castore.api.save as save_module
 from castore.blobstore.layout import STORE_CONFIG_KEY, blob_key, part_key
 from castore.blobstore.store import BlobStore
 
@@ -318,3 +320,36 @@ def test_du_counts_the_blobs_on_storage(backend):
     assert usage.stored_bytes == sum(blobs.values())
     assert usage.logical_bytes == 2 * store.run("a").record(0).logical_bytes
     assert usage.dedup_ratio > 2.0
+
+
+def test_racing_writers_of_one_epoch_have_exactly_one_winner(backend, monkeypatch):
+    writers = 4
+    barrier = threading.Barrier(writers)
+    original = save_module.write_part
+
+    def commit_together(location, record):
+        barrier.wait(timeout=30)
+        return original(location, record)
+
+    monkeypatch.setattr(save_module, "write_part", commit_together)
+    outcomes: dict[int, object] = {}
+
+    def write(i: int) -> None:
+        store = open_store(backend)
+        try:
+            outcomes[i] = store.run("r").save({"w": torch.full((1000,), float(i))}, epoch=0)
+        except castore.ConflictError as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    winners = [i for i, outcome in outcomes.items() if isinstance(outcome, castore.SaveInfo)]
+    assert len(winners) == 1
+    assert sum(isinstance(o, castore.ConflictError) for o in outcomes.values()) == writers - 1
+    loaded = open_store(backend).run("r").load(0)
+    assert torch.equal(loaded["w"], torch.full((1000,), float(winners[0])))
+    assert raw_parts(backend, "r") == ["0000000000.parquet"]

@@ -20,7 +20,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from castore.blobstore.errors import backend_errors
 from castore.blobstore.retry import RetryPolicy, with_retries
-from castore.errors import ConflictError
+from castore.errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,7 +65,13 @@ class Location:
         return self._io(f"reading {key}", lambda: self.fs.cat_file(self.path(key)))
 
     def exists(self, key: str) -> bool:
-        return self._io(f"checking {key}", lambda: self.fs.exists(self.path(key)))
+        path = self.path(key)
+
+        def check() -> bool:
+            self.fs.invalidate_cache(path)  # s3fs and gcsfs answer from cached listings
+            return self.fs.exists(path)
+
+        return self._io(f"checking {key}", check)
 
     def write(self, key: str, data: bytes | memoryview) -> None:
         """Write ``key`` whole; an existing key is replaced (used for content-addressed keys)."""
@@ -130,7 +136,11 @@ class Location:
         return self._io(f"listing {prefix}", sizes)
 
     def delete(self, key: str) -> None:
-        self._io(f"deleting {key}", lambda: self.fs.rm_file(self.path(key)))
+        """Remove ``key``; a key that is already gone counts as deleted on every backend."""
+        try:
+            self._io(f"deleting {key}", lambda: self.fs.rm_file(self.path(key)))
+        except NotFoundError:
+            return
 
     def _io(self, doing: str, operation: Callable[[], T]) -> T:
         def attempt(_: int) -> T:

@@ -1,0 +1,1 @@
+"""Benchmark cases: castore and its peers, each returning rows of the results table."""

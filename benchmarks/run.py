@@ -1,0 +1,210 @@
+"""Save and load one transformer-shaped state dict with castore, torch and safetensors.
+
+    python benchmarks/run.py [--quick] [--size-mib N] [--repeat K] [--dir DIR] [--json OUT]
+
+Prints one row per case with the best time of its repeats, throughput over the logical
+bytes, bytes on disk, and the time ratio against torch and safetensors (see README.md).
+Loads read files the run has just written, so they come from a warm page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import torch
+
+import castore
+from cases.castore_cases import bench_castore
+from cases.common import BenchState, MiB, Result, build_state
+from cases.peers import bench_safetensors, bench_torch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+FULL_MIB = 1024
+QUICK_MIB = 32
+FULL_REPEAT = 5
+QUICK_REPEAT = 3
+
+# Each kind's rows are divided by these peers' best times: ratio > 1 means slower.
+PEERS = {
+    "save": ("torch.save", "safetensors save_file"),
+    "load": ("torch.load", "safetensors load_file"),
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"a {QUICK_MIB} MiB state")
+    parser.add_argument("--size-mib", type=int, help=f"state size (default {FULL_MIB})")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        help=f"timed repeats per case, best kept (default {FULL_REPEAT}, {QUICK_REPEAT} quick)",
+    )
+    parser.add_argument("--dir", help="parent of the scratch directory (default: system temp)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the state's values")
+    args = parser.parse_args(argv)
+    if args.size_mib is None:
+        args.size_mib = QUICK_MIB if args.quick else FULL_MIB
+    if args.repeat is None:
+        args.repeat = QUICK_REPEAT if args.quick else FULL_REPEAT
+    if args.size_mib < 1 or args.repeat < 1:
+        parser.error("--size-mib and --repeat must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every case in a scratch directory that is removed afterwards; print the table."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    state = build_state(args.size_mib * MiB, seed=args.seed)
+    workdir = tempfile.mkdtemp(prefix="castore-bench-", dir=args.dir)
+    suites: list[tuple[str, Callable[[], list[Result]]]] = [
+        ("torch", lambda: bench_torch(state, workdir, args.repeat)),
+        ("safetensors", lambda: bench_safetensors(state, workdir, args.repeat)),
+        (
+            "castore auto",
+            lambda: bench_castore(state, workdir, args.repeat, "auto", resave=True, cold=True),
+        ),
+        (
+            "castore raw",
+            lambda: bench_castore(state, workdir, args.repeat, "raw", resave=False, cold=False),
+        ),
+    ]
+    results: list[Result] = []
+    try:
+        for name, suite in suites:
+            print(f"running {name}...", file=sys.stderr, flush=True)
+            results.extend(suite())
+            gc.collect()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    results.sort(key=lambda r: r.kind != "save")
+    header = describe(state, args, workdir, load_before)
+    print("\n".join(header))
+    print()
+    print(format_table(results))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    if args.json:
+        write_json(args.json, header, state, args, results)
+    return 0
+
+
+def describe(
+    state: BenchState, args: argparse.Namespace, workdir: str, load_before: float
+) -> list[str]:
+    """The header: what was measured, where, how busy the machine was, the cache caveat."""
+    return [
+        f"castore {castore.__version__} benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python "
+        f"{platform.python_version()}, torch {torch.__version__}; 1-min load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
+        f"state: {len(state.tensors)} float32 tensors, {state.nbytes / MiB:.1f} MiB "
+        f"(d_model {state.d_model}, {state.layers} layers, vocab {state.vocab}, "
+        f"seed {args.seed})",
+        f"scratch: {os.path.dirname(workdir)}; best of {args.repeat}; "
+        "loads are WARM-CACHE (page cache not dropped)",
+        "ratios: case time / peer time, so < 1 means castore is faster; GB = 1e9 bytes",
+    ]
+
+
+def ratios(results: list[Result]) -> dict[str, tuple[float, float]]:
+    """Each case's best time over its kind's torch and safetensors peers."""
+    best = {r.case: r.best for r in results}
+    ratio: dict[str, tuple[float, float]] = {}
+    for r in results:
+        torch_peer, safetensors_peer = PEERS[r.kind]
+        ratio[r.case] = (r.best / best[torch_peer], r.best / best[safetensors_peer])
+    return ratio
+
+
+def format_table(results: list[Result]) -> str:
+    """An aligned text table, one row per case."""
+    by_case = ratios(results)
+    head = ("case", "best s", "median s", "GB/s", "on disk", "x torch", "x safetensors", "note")
+    rows = [
+        (
+            r.case,
+            f"{r.best:.3f}",
+            f"{r.median:.3f}",
+            f"{r.gb_per_s:.2f}",
+            human_bytes(r.disk_bytes),
+            f"{by_case[r.case][0]:.2f}",
+            f"{by_case[r.case][1]:.2f}",
+            r.note,
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    numeric = {1, 2, 3, 4, 5, 6}
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(head), rule, *(line(row) for row in rows)])
+
+
+def human_bytes(n: int) -> str:
+    if n < MiB:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / MiB:.1f} MiB"
+
+
+def write_json(
+    path: str, header: list[str], state: BenchState, args: argparse.Namespace, results: list[Result]
+) -> None:
+    """The table's numbers, every repeat's time included, for tracking over time."""
+    by_case = ratios(results)
+    document = {
+        "header": header,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "castore": castore.__version__,
+        "size_mib": args.size_mib,
+        "repeat": args.repeat,
+        "seed": args.seed,
+        "logical_bytes": state.nbytes,
+        "tensors": len(state.tensors),
+        "results": [
+            {
+                "case": r.case,
+                "kind": r.kind,
+                "seconds_best": r.best,
+                "seconds_median": r.median,
+                "seconds": r.seconds,
+                "gb_per_s": r.gb_per_s,
+                "disk_bytes": r.disk_bytes,
+                "x_torch": by_case[r.case][0],
+                "x_safetensors": by_case[r.case][1],
+                "note": r.note,
+                **r.extra,
+            }
+            for r in results
+        ],
+    }
+    with open(path, "w") as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
