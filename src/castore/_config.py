@@ -48,13 +48,14 @@ class ChunkingOptions:
 class CodecOptions:
     """How blobs are encoded.
 
-    ``auto`` tries zstd and keeps the chunk raw unless compression saves at least
-    ``min_saving`` of its size, because decoding costs time that a few percent of bytes
-    does not repay.
+    ``auto`` splits multi-byte elements into byte planes and compresses each plane only
+    where zstd saves at least ``min_saving`` of it (judged on samples first), because
+    decoding costs time that a few percent of bytes does not repay. Level 1 is the
+    default: on float planes it compresses as well as level 3, twice as fast.
     """
 
     codec: CodecName = "auto"
-    zstd_level: int = 3
+    zstd_level: int = 1
     min_saving: float = 0.05
 
     def __post_init__(self) -> None:

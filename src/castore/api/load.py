@@ -16,7 +16,7 @@ import torch
 from castore._concurrency import bounded_map
 from castore.api.progress import progress_bar
 from castore.blobstore.digest import Digest
-from castore.codec.frame import decode_frame
+from castore.codec.frame import decode_frame_into
 from castore.errors import CastoreError, IntegrityError
 from castore.snapshot.rebuild import allocate, assemble, byte_view, check_refs
 from castore.snapshot.refs import Role
@@ -62,14 +62,21 @@ def load_checkpoint(
             position += chunk.length
 
     def fetch(job: _BlobJob) -> None:
+        (name, position, offset, length), *others = job.targets
+        whole = not others and offset == 0 and length == job.blob_length
+        out = (
+            destinations[name][position : position + length]
+            if whole
+            else np.empty(job.blob_length, dtype=np.uint8)
+        )
         try:
-            decoded = _fetch_decoded(blobs, Digest(job.digest), job.blob_length)
+            _fetch_into(blobs, Digest(job.digest), out)
         except CastoreError as exc:
-            exc.tensor = exc.tensor or job.targets[0][0]
+            exc.tensor = exc.tensor or name
             raise
-        source = np.frombuffer(decoded, dtype=np.uint8)
-        for name, position, offset, length in job.targets:
-            destinations[name][position : position + length] = source[offset : offset + length]
+        if not whole:
+            for name, position, offset, length in job.targets:
+                destinations[name][position : position + length] = out[offset : offset + length]
 
     total = sum(job.blob_length for job in jobs.values())
     try:
@@ -92,22 +99,24 @@ def load_checkpoint(
     return unflatten_tree(record.skeleton, leaves)
 
 
-def _fetch_decoded(
-    blobs: BlobStore, digest: Digest, blob_length: int, *, from_store: bool = False
-) -> bytes:
-    """Fetch, decode and verify one blob, following a delta frame to its base.
+def _fetch_into(
+    blobs: BlobStore, digest: Digest, out: np.ndarray, *, from_store: bool = False
+) -> None:
+    """Fetch one blob, decode it into ``out`` and verify it there; a delta frame's base is
+    fetched the same way.
 
     A frame that fails verification is fetched once more from the store when the first
     copy came from the local cache (then discarded): the store's copy decides.
     """
+
+    def base_bytes(base: str) -> np.ndarray:
+        decoded = np.empty(out.size, dtype=np.uint8)
+        _fetch_into(blobs, Digest(base), decoded)
+        return decoded
+
     try:
-        return decode_frame(
-            blobs.get(digest),
-            digest=digest,
-            expected_length=blob_length,
-            get_base=lambda base: _fetch_decoded(blobs, Digest(base), blob_length),
-        )
+        decode_frame_into(blobs.get(digest), out, digest=digest, get_base=base_bytes)
     except IntegrityError:
         if from_store or not blobs.discard_cached(digest):
             raise
-    return _fetch_decoded(blobs, digest, blob_length, from_store=True)
+        _fetch_into(blobs, digest, out, from_store=True)

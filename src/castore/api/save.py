@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from castore._concurrency import bounded_map
 from castore.api.progress import progress_bar
 from castore.blobstore.layout import MAX_EPOCH
-from castore.codec.frame import encode_frame
+from castore.codec.frame import encode_frame_parts
 from castore.codec.hashing import hash_bytes
 from castore.errors import InvalidCheckpointError
 from castore.manifest.records import CheckpointRecord
@@ -139,11 +139,11 @@ def save_checkpoint(
 
     def encode_and_put(digest: Digest) -> int:
         chunk = first_chunk[digest]
-        frame = encode_frame(
+        parts = encode_frame_parts(
             chunk_data(chunk, data), element_size=chunk.element_size, options=options.codec
         )
-        blobs.put(digest, frame)
-        return len(frame)
+        blobs.put(digest, parts)
+        return sum(memoryview(part).nbytes for part in parts)
 
     new_bytes = sum(first_chunk[d].length for d in missing)
     with progress_bar(new_bytes, "writing", options.progress) as bar:

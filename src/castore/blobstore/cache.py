@@ -39,7 +39,7 @@ class LocalBlobCache:
             os.utime(path)
         return data
 
-    def put(self, digest: str, frame: bytes) -> None:
+    def put(self, digest: str, frame: bytes | memoryview) -> None:
         if len(frame) > self.max_bytes:
             return
         path = self._path(digest)

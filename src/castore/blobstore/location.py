@@ -8,6 +8,7 @@ on transient backend failures (see ``retry``).
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 import uuid
@@ -23,7 +24,11 @@ from castore.blobstore.retry import RetryPolicy, with_retries
 from castore.errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+
+    import numpy as np
+
+    Buffer = bytes | memoryview | np.ndarray
 
     from fsspec import AbstractFileSystem
 
@@ -73,13 +78,20 @@ class Location:
 
         return self._io(f"checking {key}", check)
 
-    def write(self, key: str, data: bytes | memoryview) -> None:
-        """Write ``key`` whole; an existing key is replaced (used for content-addressed keys)."""
+    def read_view(self, key: str) -> bytes | memoryview:
+        """Like ``read``, but a local file is memory-mapped rather than copied."""
+        if not self.is_local:
+            return self.read(key)
+        return self._io(f"reading {key}", lambda: _map_local(self.path(key)))
+
+    def write(self, key: str, parts: Sequence[Buffer]) -> None:
+        """Write ``key`` whole from ``parts`` in order; an existing key is replaced (used for
+        content-addressed keys, whose content never differs)."""
         path = self.path(key)
         if self.is_local:
-            self._io(f"writing {key}", lambda: _write_local(path, data, exclusive=False))
+            self._io(f"writing {key}", lambda: _write_local(path, parts, exclusive=False))
         else:
-            payload = bytes(data)
+            payload = b"".join(parts)
             self._io(f"writing {key}", lambda: self.fs.pipe_file(path, payload))
 
     def write_exclusive(self, key: str, data: bytes) -> None:
@@ -94,7 +106,7 @@ class Location:
             try:
                 with backend_errors(f"creating {key}", url=self.url):
                     if self.is_local:
-                        _write_local(path, data, exclusive=True)
+                        _write_local(path, [data], exclusive=True)
                     elif isinstance(self.fs, MemoryFileSystem):
                         with _MEMORY_CREATE_LOCK:
                             self.fs.pipe_file(path, data, mode="create")
@@ -164,12 +176,16 @@ def open_location(
     return Location(fs=fs, root=root.rstrip("/"), url=url, retry=retry or RetryPolicy())
 
 
-def _write_local(path: str, data: bytes | memoryview, *, exclusive: bool) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
+def _write_local(path: str, parts: Sequence[Buffer], *, exclusive: bool) -> None:
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "xb") as f:
-        f.write(data)
+    try:
+        f = open(tmp, "xb")  # noqa: SIM115  (closed below; the folder may need making first)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        f = open(tmp, "xb")  # noqa: SIM115
+    with f:
+        for part in parts:
+            f.write(part)
     try:
         if exclusive:
             os.link(tmp, path)
@@ -178,3 +194,10 @@ def _write_local(path: str, data: bytes | memoryview, *, exclusive: bool) -> Non
     finally:
         if exclusive:
             os.unlink(tmp)
+
+
+def _map_local(path: str) -> bytes | memoryview:
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))

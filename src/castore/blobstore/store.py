@@ -17,7 +17,11 @@ from castore.blobstore.stats import TransferCounter, TransferStats
 from castore.errors import BlobNotFoundError, NotFoundError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
+
+    import numpy as np
+
+    Buffer = bytes | memoryview | np.ndarray
 
     from castore.blobstore.cache import LocalBlobCache
     from castore.blobstore.location import Location
@@ -36,13 +40,15 @@ class BlobStore:
     def stats(self) -> TransferStats:
         return self.counter.snapshot()
 
-    def put(self, digest: Digest, frame: bytes | memoryview) -> None:
-        self.location.write(blob_key(digest), frame)
-        self.counter.add("uploaded", len(frame))
+    def put(self, digest: Digest, parts: Sequence[Buffer]) -> None:
+        """Write a frame given as buffers in order (never joined on local disk)."""
+        self.location.write(blob_key(digest), parts)
+        self.counter.add("uploaded", sum(memoryview(part).nbytes for part in parts))
 
-    def get(self, digest: Digest) -> bytes:
+    def get(self, digest: Digest) -> bytes | memoryview:
+        """The frame; memory-mapped, not copied, on local disk."""
         try:
-            frame = self.location.read(blob_key(digest))
+            frame = self.location.read_view(blob_key(digest))
         except NotFoundError as exc:
             raise BlobNotFoundError(
                 f"blob {short(digest)} is missing from the store; run 'castore verify' "
@@ -94,7 +100,7 @@ class CachedBlobStore(BlobStore):
         super().__init__(location, transfer)
         self.cache = cache
 
-    def get(self, digest: Digest) -> bytes:
+    def get(self, digest: Digest) -> bytes | memoryview:
         frame = self.cache.get(digest)
         if frame is not None:
             self.counter.add("from_cache", len(frame))

@@ -1,74 +1,113 @@
-"""encode_frame / decode_frame: the one pair that turns chunk bytes into blob frames.
+"""Frames: the one place chunk bytes become blob bytes and back.
 
-Encoding chain: [xor-delta against a base] -> [byte grouping] -> raw | zstd.
-Decoding runs it backwards and verifies the BLAKE3 digest of the result, so a reader
-never returns bytes that differ from what was hashed at save time.
+Encoding chain: [xor-delta against a base] -> raw | zstd | planes (byte grouping with a
+codec per plane). Decoding runs it backwards straight into the caller's buffer and
+verifies the BLAKE3 digest of the result there, so a reader never returns bytes that
+differ from what was hashed at save time.
 """
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from castore._config import CodecOptions
 from castore.codec import zstd
-from castore.codec.bytegroup import group_bytes, ungroup_bytes
 from castore.codec.hashing import verify
 from castore.codec.header import CodecId, FilterFlags, FrameHeader, pack_header, unpack_header
-from castore.codec.xordelta import xor_bytes
+from castore.codec.planes import scatter_plane, split_planes
+from castore.codec.xordelta import xor_into, xor_with
 from castore.errors import IntegrityError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["decode_frame", "encode_frame", "read_header"]
+__all__ = ["Buffer", "decode_frame", "decode_frame_into", "encode_frame", "encode_frame_parts"]
+
+Buffer = bytes | memoryview | np.ndarray
 
 _SAMPLE_BYTES = 32 * 1024
 _SAMPLES = 4
+_PLANE_ENTRY = struct.Struct("<BQ")
 _DEFAULT_OPTIONS = CodecOptions()
 
-read_header = unpack_header
 
-
-def encode_frame(
-    data: bytes | memoryview,
+def encode_frame_parts(
+    data: bytes | memoryview | np.ndarray,
     *,
     element_size: int = 1,
     base: bytes | memoryview | None = None,
     base_digest: str | None = None,
     options: CodecOptions = _DEFAULT_OPTIONS,
-) -> bytes:
-    """Encode ``data`` (the decoded chunk) into a self-describing frame.
+) -> list[Buffer]:
+    """Encode a chunk into a frame, returned as buffers to write in order (no joining).
 
-    ``element_size`` > 1 enables byte grouping for compressed frames. With ``base`` and
-    ``base_digest`` the payload is the XOR against the base chunk (same length). The
-    codec is ``options.codec``; ``auto`` keeps a chunk raw unless zstd saves at least
-    ``options.min_saving`` on samples and then on the whole.
+    ``element_size`` > 1 lets compressed frames split elements into byte planes, each
+    stored raw or zstd, whichever is smaller. With ``base`` (and its ``base_digest``) the
+    chunk is stored as its XOR against the base. ``options.codec``: ``raw`` never
+    compresses; ``zstd`` always does; ``auto`` compresses only what saves at least
+    ``options.min_saving``, judged on samples first so incompressible bytes cost little.
     """
-    length = len(data)
+    array = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+    length = array.size
     filters = FilterFlags.NONE
-    body: bytes | memoryview = data
     if base is not None:
         if base_digest is None:
             raise ValueError("a delta frame needs base_digest")
-        body = xor_bytes(data, base)
+        array = xor_with(array, base)
         filters |= FilterFlags.XOR_DELTA
     else:
         base_digest = None
 
-    if options.codec != "raw":
-        grouped = element_size > 1 and length % element_size == 0
-        unit = element_size if grouped else 1
-        if options.codec == "zstd" or _worth_compressing(body, unit, options):
-            stage = group_bytes(body, unit) if grouped else body
-            payload = zstd.compress(stage, options.zstd_level)
-            if options.codec == "zstd" or len(payload) <= length * (1 - options.min_saving):
-                if grouped:
-                    filters |= FilterFlags.BYTE_GROUPED
-                header = FrameHeader(CodecId.ZSTD, filters, unit, length, base_digest)
-                return pack_header(header) + payload
+    if options.codec != "raw" and length:
+        if element_size > 1 and length % element_size == 0:
+            planes = [_encode_part(p, options) for p in split_planes(array, element_size)]
+            if any(codec == CodecId.ZSTD for codec, _ in planes):
+                table = b"".join(_PLANE_ENTRY.pack(codec, len(p)) for codec, p in planes)
+                header = FrameHeader(CodecId.PLANES, filters, element_size, length, base_digest)
+                return [pack_header(header), table, *(p for _, p in planes)]
+        else:
+            codec, payload = _encode_part(array, options)
+            if codec == CodecId.ZSTD:
+                header = FrameHeader(CodecId.ZSTD, filters, 1, length, base_digest)
+                return [pack_header(header), payload]
+    return [pack_header(FrameHeader(CodecId.RAW, filters, 1, length, base_digest)), array]
 
-    header = FrameHeader(CodecId.RAW, filters, 1, length, base_digest)
-    return pack_header(header) + bytes(body)
+
+def encode_frame(data: bytes | memoryview | np.ndarray, **kwargs: object) -> bytes:
+    """``encode_frame_parts`` joined into one bytes object."""
+    return b"".join(
+        part.tobytes() if isinstance(part, np.ndarray) else bytes(part)
+        for part in encode_frame_parts(data, **kwargs)  # type: ignore[arg-type]
+    )
+
+
+def decode_frame_into(
+    frame: bytes | memoryview,
+    out: np.ndarray,
+    *,
+    digest: str,
+    get_base: Callable[[str], bytes] | None = None,
+) -> None:
+    """Decode ``frame`` into ``out`` (uint8, exactly the decoded length) and verify it.
+
+    The header's length is checked against ``out`` before anything is decompressed, so
+    a forged header cannot drive an allocation. ``get_base`` returns the decoded bytes of
+    a delta frame's base.
+
+    Raises:
+        IntegrityError: corruption, truncation, wrong length or digest mismatch.
+        FormatError: a frame version, codec or filter this castore does not know.
+    """
+    try:
+        _decode_into(memoryview(frame), out, get_base)
+        verify(out, digest)
+    except IntegrityError as exc:
+        if exc.digest is None:
+            exc.digest = digest
+        raise
 
 
 def decode_frame(
@@ -78,66 +117,112 @@ def decode_frame(
     expected_length: int | None = None,
     get_base: Callable[[str], bytes] | None = None,
 ) -> bytes:
-    """Decode a frame and verify it hashes to ``digest``.
-
-    ``expected_length`` (from the manifest) is checked against the header before any
-    decompression, so a forged header cannot drive a large allocation. ``get_base``
-    returns the decoded bytes of a delta frame's base.
-
-    Raises:
-        IntegrityError: corruption, truncation, wrong length or digest mismatch.
-        FormatError: a frame version, codec or filter this castore does not know.
-    """
-    try:
-        body = _decode(frame, expected_length, get_base)
-        verify(body, digest)
-    except IntegrityError as exc:
-        if exc.digest is None:
-            exc.digest = digest
-        raise
-    return bytes(body) if isinstance(body, memoryview) else body
-
-
-def _decode(
-    frame: bytes | memoryview,
-    expected_length: int | None,
-    get_base: Callable[[str], bytes] | None,
-) -> bytes | memoryview:
+    """Decode and verify a frame into new bytes; see ``decode_frame_into``."""
     header = unpack_header(frame)
-    if expected_length is not None and header.decoded_length != expected_length:
+    length = header.decoded_length if expected_length is None else expected_length
+    if header.decoded_length != length:
         raise IntegrityError(
-            f"frame says {header.decoded_length} decoded bytes, the manifest says {expected_length}"
+            f"frame says {header.decoded_length} decoded bytes, the manifest says {length}",
+            digest=digest,
         )
-    payload = memoryview(frame)[header.size :]
-    if header.codec == CodecId.ZSTD:
-        body: bytes | memoryview = zstd.decompress(payload, header.decoded_length)
-    elif len(payload) != header.decoded_length:
-        raise IntegrityError(
-            f"raw frame holds {len(payload)} bytes, header says {header.decoded_length}"
-        )
+    _check_declared_length(memoryview(frame), header, digest)
+    out = np.empty(length, dtype=np.uint8)
+    decode_frame_into(frame, out, digest=digest, get_base=get_base)
+    return out.tobytes()
+
+
+def _check_declared_length(frame: memoryview, header: FrameHeader, digest: str) -> None:
+    """Cross-check the header's length with the payload before allocating for it."""
+    payload = frame[header.size :]
+    declared = header.decoded_length
+    if header.codec == CodecId.RAW:
+        sizes = [(len(payload), declared)]
+    elif header.codec == CodecId.ZSTD:
+        sizes = [(zstd.content_size(payload), declared)]
     else:
-        body = payload
-    if header.filters & FilterFlags.BYTE_GROUPED:
-        if header.decoded_length % header.element_size:
-            raise IntegrityError("byte-grouped frame length is not a multiple of its elements")
-        body = ungroup_bytes(body, header.element_size)
+        planes, plane_length = header.element_size, declared // header.element_size
+        sizes, position = [], planes * _PLANE_ENTRY.size
+        for index in range(planes):
+            if position > len(payload) or index * _PLANE_ENTRY.size + 9 > len(payload):
+                break
+            codec, stored = _PLANE_ENTRY.unpack_from(payload, index * _PLANE_ENTRY.size)
+            body = payload[position : position + stored]
+            position += stored
+            size = len(body) if codec == CodecId.RAW else zstd.content_size(body)
+            sizes.append((size, plane_length))
+    for actual, expected in sizes:
+        if actual != expected:
+            raise IntegrityError(
+                f"frame payload holds {actual} bytes where its header declares {expected}",
+                digest=digest,
+            )
+
+
+def _encode_part(data: np.ndarray, options: CodecOptions) -> tuple[CodecId, Buffer]:
+    if options.codec == "zstd" or _worth_compressing(data, options):
+        payload = zstd.compress(data, options.zstd_level)
+        if options.codec == "zstd" or len(payload) <= data.size * (1 - options.min_saving):
+            return CodecId.ZSTD, payload
+    return CodecId.RAW, data
+
+
+def _worth_compressing(data: np.ndarray, options: CodecOptions) -> bool:
+    """Estimate zstd's saving from a few evenly spaced samples."""
+    if data.size <= _SAMPLES * _SAMPLE_BYTES:
+        return True
+    step = (data.size - _SAMPLE_BYTES) // (_SAMPLES - 1)
+    sample = np.concatenate([data[i * step : i * step + _SAMPLE_BYTES] for i in range(_SAMPLES)])
+    compressed = zstd.compress(sample, options.zstd_level)
+    return len(compressed) <= sample.size * (1 - options.min_saving)
+
+
+def _decode_into(
+    frame: memoryview, out: np.ndarray, get_base: Callable[[str], bytes] | None
+) -> None:
+    header = unpack_header(frame)
+    if header.decoded_length != out.size:
+        raise IntegrityError(
+            f"frame says {header.decoded_length} decoded bytes, the manifest says {out.size}"
+        )
+    payload = frame[header.size :]
+    if header.codec == CodecId.RAW:
+        _copy_exact(out, payload, "raw frame")
+    elif header.codec == CodecId.ZSTD:
+        out[:] = np.frombuffer(zstd.decompress(payload, out.size), dtype=np.uint8)
+    else:
+        _decode_planes(payload, out, header.element_size)
     if header.base_digest is not None:
         if get_base is None:
             raise IntegrityError(f"delta frame needs its base {header.base_digest[:12]}…")
-        body = xor_bytes(body, get_base(header.base_digest))
-    return body
+        xor_into(out, get_base(header.base_digest))
 
 
-def _worth_compressing(data: bytes | memoryview, element_size: int, options: CodecOptions) -> bool:
-    """Estimate zstd's saving from a few evenly spaced samples, grouped like the real thing."""
-    length = len(data)
-    if length <= _SAMPLES * _SAMPLE_BYTES:
-        return True
-    view = memoryview(data)
-    step = (length - _SAMPLE_BYTES) // (_SAMPLES - 1)
-    step -= step % element_size
-    sample = b"".join(view[i * step : i * step + _SAMPLE_BYTES] for i in range(_SAMPLES))
-    if element_size > 1:
-        sample = group_bytes(sample, element_size)
-    compressed = zstd.compress(sample, options.zstd_level)
-    return len(compressed) <= len(sample) * (1 - options.min_saving)
+def _decode_planes(payload: memoryview, out: np.ndarray, planes: int) -> None:
+    table_bytes = planes * _PLANE_ENTRY.size
+    if len(payload) < table_bytes:
+        raise IntegrityError("planes frame truncated inside its plane table")
+    plane_length = out.size // planes
+    position = table_bytes
+    for index in range(planes):
+        codec, stored = _PLANE_ENTRY.unpack_from(payload, index * _PLANE_ENTRY.size)
+        if position + stored > len(payload):
+            raise IntegrityError(f"plane {index} runs past the end of the frame")
+        body = payload[position : position + stored]
+        position += stored
+        if codec == CodecId.RAW:
+            if stored != plane_length:
+                raise IntegrityError(f"raw plane {index} holds {stored} bytes, not {plane_length}")
+            plane = np.frombuffer(body, dtype=np.uint8)
+        elif codec == CodecId.ZSTD:
+            plane = np.frombuffer(zstd.decompress(body, plane_length), dtype=np.uint8)
+        else:
+            raise IntegrityError(f"plane {index} has unknown codec {codec}")
+        scatter_plane(out, plane, index, planes)
+    if position != len(payload):
+        raise IntegrityError(f"planes frame has {len(payload) - position} trailing bytes")
+
+
+def _copy_exact(out: np.ndarray, payload: memoryview, what: str) -> None:
+    if len(payload) != out.size:
+        raise IntegrityError(f"{what} holds {len(payload)} bytes, header says {out.size}")
+    out[:] = np.frombuffer(payload, dtype=np.uint8)

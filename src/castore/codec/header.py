@@ -4,13 +4,15 @@
 offset size  field
 0      4     magic b"CSTF"
 4      1     frame version (1)
-5      1     codec: 0 raw, 1 zstd
-6      1     filters: bit 0 byte-grouped, bit 1 xor-delta (base digest follows)
-7      1     element size in bytes for byte grouping (1 when not grouped)
+5      1     codec: 0 raw, 1 zstd, 2 planes (byte-grouped, a codec per plane)
+6      1     filters: bit 0 xor-delta (the base digest follows)
+7      1     element size k: the number of planes for codec 2, else 1
 8      8     decoded length, unsigned little-endian
 16     32    base digest (raw bytes), only when the xor-delta bit is set
 ```
-The payload follows the header and runs to the end of the blob.
+The payload follows the header and runs to the end of the blob. A planes payload opens
+with a table of k entries (u8 plane codec: 0 raw or 1 zstd; u64 stored length), then the
+k plane payloads in order; plane j holds byte j of every element.
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ _BASE_BYTES = 32
 class CodecId(IntEnum):
     RAW = 0
     ZSTD = 1
+    PLANES = 2
 
 
 class FilterFlags(IntFlag):
     NONE = 0
-    BYTE_GROUPED = 1
-    XOR_DELTA = 2
+    XOR_DELTA = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +92,15 @@ def unpack_header(frame: bytes | memoryview) -> FrameHeader:
         )
     if codec not in CodecId.__members__.values():
         raise FormatError(f"unknown frame codec {codec}; upgrade castore")
-    if filters & ~(FilterFlags.BYTE_GROUPED | FilterFlags.XOR_DELTA):
+    if filters & ~FilterFlags.XOR_DELTA:
         raise FormatError(f"unknown frame filters {filters:#04x}; upgrade castore")
-    if element_size < 1:
-        raise IntegrityError(f"frame element size {element_size} is invalid")
+    if codec == CodecId.PLANES:
+        if element_size < 2 or decoded_length % element_size:
+            raise IntegrityError(
+                f"planes frame of {decoded_length} bytes cannot hold {element_size} planes"
+            )
+    elif element_size != 1:
+        raise IntegrityError(f"element size {element_size} is only valid for a planes frame")
     flags = FilterFlags(filters)
     base_digest = None
     if flags & FilterFlags.XOR_DELTA:

@@ -6,13 +6,21 @@ import numpy as np
 
 from castore.errors import IntegrityError
 
-__all__ = ["xor_bytes"]
+__all__ = ["xor_into", "xor_with"]
 
 
-def xor_bytes(data: bytes | memoryview, base: bytes | memoryview) -> bytes:
-    """``data ^ base``, its own inverse; both must have the same length."""
-    if len(data) != len(base):
-        raise IntegrityError(f"delta base has {len(base)} bytes, the chunk has {len(data)}")
-    return np.bitwise_xor(
-        np.frombuffer(data, dtype=np.uint8), np.frombuffer(base, dtype=np.uint8)
-    ).tobytes()
+def _check(data: np.ndarray, base: bytes | memoryview | np.ndarray) -> np.ndarray:
+    base_array = np.frombuffer(base, dtype=np.uint8) if not isinstance(base, np.ndarray) else base
+    if base_array.size != data.size:
+        raise IntegrityError(f"delta base has {base_array.size} bytes, the chunk has {data.size}")
+    return base_array
+
+
+def xor_with(data: np.ndarray, base: bytes | memoryview | np.ndarray) -> np.ndarray:
+    """A new array ``data ^ base``; XOR is its own inverse."""
+    return np.bitwise_xor(data, _check(data, base))
+
+
+def xor_into(data: np.ndarray, base: bytes | memoryview | np.ndarray) -> None:
+    """``data ^= base`` in place."""
+    np.bitwise_xor(data, _check(data, base), out=data)

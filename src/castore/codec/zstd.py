@@ -8,7 +8,7 @@ import zstandard
 
 from castore.errors import IntegrityError
 
-__all__ = ["compress", "decompress"]
+__all__ = ["compress", "content_size", "decompress"]
 
 _local = threading.local()
 
@@ -41,3 +41,11 @@ def decompress(payload: bytes | memoryview, decoded_length: int) -> bytes:
             f"zstd payload decoded to {len(out)} bytes, header says {decoded_length}"
         )
     return out
+
+
+def content_size(payload: bytes | memoryview) -> int:
+    """The decoded size a zstd frame declares, or -1 when it declares none or is not one."""
+    try:
+        return zstandard.frame_content_size(payload)
+    except zstandard.ZstdError:
+        return -1
