@@ -107,7 +107,7 @@ def merge_metrics(summary: pa.Table, annotations: dict[int, dict[str, float]]) -
 
 def _parse(data: bytes, name: str) -> dict[str, float]:
     try:
-        row = pq.read_table(pa.BufferReader(data)).to_pylist()[0]
+        row = pq.read_table(pa.BufferReader(data), use_threads=False).to_pylist()[0]
     except (pa.ArrowException, OSError, IndexError) as exc:
         raise IntegrityError(f"metrics part {name} is not readable Parquet: {exc}") from exc
     version = row.get("format_version")

@@ -28,7 +28,10 @@ def concat_summaries(tables: list[pa.Table]) -> pa.Table:
 
 def run_query(sql: str, views: dict[str, pa.Table]) -> pd.DataFrame:
     """Run ``sql`` with each of ``views`` registered under its name; return a DataFrame."""
-    import duckdb
+    try:
+        import duckdb
+    except ImportError as exc:
+        raise QueryError("queries need DuckDB: pip install 'castore[query]'") from exc
 
     connection = duckdb.connect()
     try:

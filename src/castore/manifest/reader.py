@@ -89,6 +89,6 @@ def read_summary(location: Location, run: str, epoch: int) -> pa.Table:
 
 def _parse(data: bytes) -> pa.Table:
     try:
-        return pq.read_table(pa.BufferReader(data))
+        return pq.read_table(pa.BufferReader(data), use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise IntegrityError(f"manifest part is not readable Parquet: {exc}") from exc
