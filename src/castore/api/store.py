@@ -143,7 +143,8 @@ def _open_or_create_config(location: Location, *, create: bool) -> dict[str, obj
     except NotFoundError:
         if not create:
             raise NotFoundError(
-                "no castore store here (no castore.json); saving a checkpoint creates one", url=location.url
+                "no castore store here (no castore.json); saving a checkpoint creates one",
+                url=location.url,
             ) from None
     config: dict[str, object] = {
         "format": "castore",

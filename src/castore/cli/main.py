@@ -145,4 +145,3 @@ def _version() -> str:
         return version("castore")
     except PackageNotFoundError:
         return "unknown"
-
