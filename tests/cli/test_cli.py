@@ -288,3 +288,29 @@ def test_parser_modules_import_no_heavy_layer(module):
             top = name.split(".")[0]
             assert top not in {"torch", "pyarrow", "pandas", "duckdb", "numpy"}, name
             assert top != "castore" or name.startswith(light), name
+
+
+def test_follow_prints_each_checkpoint_then_times_out(capsys, tmp_path):
+    run = castore.open(str(tmp_path)).run("r")
+    for epoch in (0, 10, 20):
+        run.save({"w": torch.ones(2)}, epoch=epoch, step=epoch * 5, metrics={"loss": 1.0})
+    run.annotate(10, {"score": 0.95})
+    argv = ["follow", str(tmp_path), "r", "--poll", "0.01", "--timeout", "0.05"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == ["0", "10", "20"]
+    assert lines[1].split() == ["epoch", "10", "step", "50", "loss=1", "score=0.95"]
+
+
+def test_follow_json_lines_since(capsys, store_url):
+    argv = ["follow", store_url, "ppo", "--json", "--since", "0", "--poll", "0.01"]
+    assert main([*argv, "--timeout", "0.05"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[0]["run"] == "ppo"
+    assert rows[0]["metrics"] == {"loss": 1.25, "score": 0.9}
+
+
+def test_follow_rejects_bad_poll(capsys, store_url):
+    assert main(["follow", store_url, "ppo", "--poll", "0"]) == 2
+    assert "expected a positive number" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from castore.cli.render import (
     format_checkpoint,
     format_fields,
     format_table,
+    format_value,
     human_bytes,
     to_json,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "cmd_best",
     "cmd_demo",
     "cmd_du",
+    "cmd_follow",
     "cmd_ls",
     "cmd_query",
     "cmd_show",
@@ -171,6 +173,32 @@ def cmd_du(args: argparse.Namespace) -> int:
         ("dedup ratio", f"{usage.dedup_ratio:.1f}x"),
     ]
     _emit(args, fields, lambda: format_fields(text))
+    return 0
+
+
+def cmd_follow(args: argparse.Namespace) -> int:
+    """Print each checkpoint of RUN as it is committed: one line (or JSON object) each."""
+    store = _open(args)
+    follower = store.run(args.run).follow(
+        poll_s=args.poll, since=args.since, timeout_s=args.timeout
+    )
+    for checkpoint in follower:
+        row = {
+            "run": args.run,
+            "epoch": checkpoint.epoch,
+            "step": checkpoint.step,
+            "created_at": checkpoint.created_at,
+            "metrics": checkpoint.metrics,
+        }
+        if args.json:
+            print(to_json(row, indent=None), flush=True)
+        else:
+            metrics = "  ".join(
+                f"{name}={format_value(name, value)}" for name, value in row["metrics"].items()
+            )
+            print(
+                f"epoch {checkpoint.epoch}  step {checkpoint.step}  {metrics}".rstrip(), flush=True
+            )
     return 0
 
 

@@ -76,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     du = sub.add_parser("du", parents=[reading], help="logical vs stored bytes, dedup ratio")
     du.set_defaults(func=commands.cmd_du)
 
+    follow = sub.add_parser(
+        "follow",
+        parents=[reading],
+        help="print each checkpoint of RUN as it is committed (JSON lines with --json)",
+    )
+    follow.add_argument("run", metavar="RUN", help="run name")
+    follow.add_argument(
+        "--poll", type=_positive_float, default=5.0, help="seconds between listings (default 5)"
+    )
+    follow.add_argument("--since", type=int, help="skip epochs up to and including this one")
+    follow.add_argument(
+        "--timeout", type=_positive_float, help="stop after this many seconds without news"
+    )
+    follow.set_defaults(func=commands.cmd_follow)
+
     demo = sub.add_parser(
         "demo", parents=[common], help="train a small CartPole policy, checkpointing each epoch"
     )
@@ -137,6 +152,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
 
 

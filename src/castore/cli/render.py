@@ -126,9 +126,10 @@ def _lookup(row: Mapping[str, object], key: str) -> object:
     return nested.get(inner) if isinstance(nested, dict) else None
 
 
-def to_json(value: object) -> str:
-    """Strict JSON (NaN becomes null, times ISO 8601), indented for reading and diffing."""
-    return json.dumps(_jsonable(value), indent=2, allow_nan=False)
+def to_json(value: object, *, indent: int | None = 2) -> str:
+    """Strict JSON (NaN becomes null, times ISO 8601), indented for reading and diffing;
+    ``indent=None`` gives one line, for JSON-lines streams."""
+    return json.dumps(_jsonable(value), indent=indent, allow_nan=False)
 
 
 def _jsonable(value: object) -> object:
