@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from castore.api.store import Store
+    from castore.api.unchanged import SaveMemo
     from castore.manifest.records import CheckpointRecord
 
 __all__ = ["Run"]
@@ -40,6 +41,7 @@ class Run:
         self._records: dict[int, CheckpointRecord] = {}
         self._summaries: dict[int, pa.Table] = {}
         self._annotations = AnnotationReader(store.location, name)
+        self._memo: SaveMemo | None = None
 
     def __repr__(self) -> str:
         return f"castore.Run({self.store.url!r}, {self.name!r})"
@@ -74,7 +76,7 @@ class Run:
                 )
             earlier = [e for e in epochs if e < epoch]
             parent = self.record(earlier[-1]) if earlier else None
-            return save_checkpoint(
+            info, record, self._memo = save_checkpoint(
                 self.store.blobs,
                 run=self.name,
                 epoch=epoch,
@@ -83,7 +85,10 @@ class Run:
                 metrics=metrics,
                 parent=parent,
                 options=self.store.options,
+                memo=self._memo,
             )
+            self._records[epoch] = record
+            return info
 
     def load(
         self,

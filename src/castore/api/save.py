@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from castore._concurrency import bounded_map
 from castore.api.progress import progress_bar
+from castore.api.unchanged import ChunkKey, SaveMemo, chunk_key, remember, sample_digest
 from castore.blobstore.layout import MAX_EPOCH
 from castore.codec.frame import encode_frame_parts
 from castore.codec.hashing import hash_bytes
@@ -57,6 +58,7 @@ class SaveOptions:
     codec: CodecOptions
     transfer: TransferOptions
     progress: bool | None = None
+    reuse_unchanged: bool = True
 
 
 def check_epoch(epoch: object) -> int:
@@ -104,8 +106,14 @@ def save_checkpoint(
     metrics: Mapping[str, object] | None,
     parent: CheckpointRecord | None,
     options: SaveOptions,
-) -> SaveInfo:
-    """Store ``state`` as checkpoint ``epoch`` of ``run``; every input is checked first."""
+    memo: SaveMemo | None = None,
+) -> tuple[SaveInfo, CheckpointRecord, SaveMemo]:
+    """Store ``state`` as checkpoint ``epoch`` of ``run``; every input is checked first.
+
+    ``memo`` is what this process's previous save of the run remembered (see
+    ``unchanged``); it is used only when that save is the parent. Returns what the save
+    did, the committed record and the new memo.
+    """
     started = time.perf_counter()
     epoch = check_epoch(epoch)
     step = _check_step(step)
@@ -113,22 +121,35 @@ def save_checkpoint(
     flat = flatten_tree(state)
     entries = plan_entries(flat.names, flat.tensors)
 
-    data = [host_bytes(e.source) if e.source is not None else None for e in entries]
     plan = plan_chunks(
-        [0 if d is None else len(d) for d in data],
-        [e.element_size for e in entries],
-        options.chunking,
+        [e.nbytes for e in entries], [e.element_size for e in entries], options.chunking
     )
+    keys = [chunk_key(c, entries) if options.reuse_unchanged else None for c in plan.chunks]
+    usable = (
+        memo if memo is not None and parent is not None and memo.epoch == parent.epoch else None
+    )
+    found, samples = _reuse_digests(plan.chunks, entries, keys, usable)
+
+    to_hash = [i for i in range(len(plan.chunks)) if i not in found]
+    needed = {piece.entry for i in to_hash for piece in plan.chunks[i].pieces}
+    data = [
+        host_bytes(e.source) if i in needed and e.source is not None else None
+        for i, e in enumerate(entries)
+    ]
     transfer = options.transfer
-    with progress_bar(plan.total_bytes, "hashing", options.progress) as bar:
-        digests: list[Digest] = bounded_map(
-            lambda chunk: hash_bytes(chunk_data(chunk, data)),
-            plan.chunks,
-            size_of=lambda chunk: chunk.length,
+    with progress_bar(
+        sum(plan.chunks[i].length for i in to_hash), "hashing", options.progress
+    ) as bar:
+        hashed: list[Digest] = bounded_map(
+            lambda i: hash_bytes(chunk_data(plan.chunks[i], data)),
+            to_hash,
+            size_of=lambda i: plan.chunks[i].length,
             workers=transfer.workers,
             max_in_flight_bytes=transfer.max_in_flight_bytes,
-            on_result=lambda chunk, _: bar.update(chunk.length),
+            on_result=lambda i, _: bar.update(plan.chunks[i].length),
         )
+    found.update(zip(to_hash, hashed, strict=True))
+    digests = [found[i] for i in range(len(plan.chunks))]
 
     first_chunk: dict[Digest, PlannedChunk] = {}
     for chunk, digest in zip(plan.chunks, digests, strict=True):
@@ -171,7 +192,8 @@ def save_checkpoint(
         metrics=checked_metrics,
     )
     write_part(blobs.location, record)
-    return SaveInfo(
+    new_memo = remember(epoch, plan.chunks, entries, keys, digests, samples)
+    info = SaveInfo(
         run=run,
         epoch=epoch,
         step=step,
@@ -182,6 +204,27 @@ def save_checkpoint(
         blobs_skipped=len(first_chunk) - len(missing),
         elapsed_s=time.perf_counter() - started,
     )
+    return info, record, new_memo
+
+
+def _reuse_digests(
+    chunks: tuple[PlannedChunk, ...],
+    entries: list[PlannedEntry],
+    keys: list[ChunkKey | None],
+    memo: SaveMemo | None,
+) -> tuple[dict[int, Digest], dict[int, str]]:
+    """Digests of chunks unchanged since ``memo`` whose sampled windows still match."""
+    found: dict[int, Digest] = {}
+    samples: dict[int, str] = {}
+    if memo is None:
+        return found, samples
+    for index, (chunk, key) in enumerate(zip(chunks, keys, strict=True)):
+        if key is not None and key in memo.digests:
+            digest, sample = memo.digests[key]
+            samples[index] = sample_digest(chunk, entries)
+            if samples[index] == sample:
+                found[index] = digest
+    return found, samples
 
 
 def _tensor_refs(

@@ -102,6 +102,7 @@ def open_store(
     cache: CacheOptions | None = None,
     retry: RetryPolicy | None = None,
     progress: bool | None = None,
+    reuse_unchanged: bool = True,
     **storage_options: object,
 ) -> Store:
     """Open the store at ``url`` (a path or any fsspec URL), creating it if ``create``.
@@ -110,6 +111,9 @@ def open_store(
     they are. ``cache`` configures the local read-through blob cache (on by default for
     remote stores), ``retry`` the backoff on transient backend failures. ``progress``
     shows progress bars on long transfers: None means only when stderr is a terminal.
+    ``reuse_unchanged`` lets a save skip reading and hashing tensors whose torch version
+    counter shows no in-place change since this process last saved them; turn it off if
+    your code writes weights through ``tensor.data``.
 
     Raises:
         NotFoundError: no store at ``url`` and ``create`` is false.
@@ -122,6 +126,7 @@ def open_store(
         codec=codec or CodecOptions(),
         transfer=transfer or TransferOptions(),
         progress=progress,
+        reuse_unchanged=reuse_unchanged,
     )
     return Store(
         location, _blob_store(location, options.transfer, cache or CacheOptions()), options
