@@ -1,10 +1,13 @@
 """Save and load one transformer-shaped state dict with castore, torch and safetensors.
 
-    python benchmarks/run.py [--quick] [--size-mib N] [--repeat K] [--dir DIR] [--json OUT]
+    python benchmarks/run.py [--backend local|s3] [--quick] [--size-mib N] [--repeat K]
+                             [--dir DIR] [--json OUT]
 
 Prints one row per case with the best time of its repeats, throughput over the logical
 bytes, bytes on disk, and the time ratio against torch and safetensors (see README.md).
 Loads read files the run has just written, so they come from a warm page cache.
+``--backend s3`` instead compares castore with torch.save + s3fs over two epochs on a
+moto S3 server in this process, with the bytes each side moved.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ import castore
 from cases.castore_cases import bench_castore
 from cases.common import BenchState, MiB, Result, build_state
 from cases.peers import bench_safetensors, bench_torch
+from cases.s3 import S3Result, bench_s3, describe_s3, moto_s3
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 FULL_MIB = 1024
+S3_FULL_MIB = 256
 QUICK_MIB = 32
 FULL_REPEAT = 5
 QUICK_REPEAT = 3
@@ -45,8 +50,18 @@ PEERS = {
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--backend",
+        choices=("local", "s3"),
+        default="local",
+        help="local disk (default) or a moto S3 server in this process",
+    )
     parser.add_argument("--quick", action="store_true", help=f"a {QUICK_MIB} MiB state")
-    parser.add_argument("--size-mib", type=int, help=f"state size (default {FULL_MIB})")
+    parser.add_argument(
+        "--size-mib",
+        type=int,
+        help=f"state size (default {FULL_MIB}, {S3_FULL_MIB} with --backend s3)",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -57,7 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the state's values")
     args = parser.parse_args(argv)
     if args.size_mib is None:
-        args.size_mib = QUICK_MIB if args.quick else FULL_MIB
+        full = S3_FULL_MIB if args.backend == "s3" else FULL_MIB
+        args.size_mib = QUICK_MIB if args.quick else full
     if args.repeat is None:
         args.repeat = QUICK_REPEAT if args.quick else FULL_REPEAT
     if args.size_mib < 1 or args.repeat < 1:
@@ -72,57 +88,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     state = build_state(args.size_mib * MiB, seed=args.seed)
     workdir = tempfile.mkdtemp(prefix="castore-bench-", dir=args.dir)
-    suites: list[tuple[str, Callable[[], list[Result]]]] = [
-        ("torch", lambda: bench_torch(state, workdir, args.repeat)),
-        ("safetensors", lambda: bench_safetensors(state, workdir, args.repeat)),
-        (
-            "castore auto",
-            lambda: bench_castore(state, workdir, args.repeat, "auto", resave=True, cold=True),
-        ),
-        (
-            "castore raw",
-            lambda: bench_castore(state, workdir, args.repeat, "raw", resave=False, cold=False),
-        ),
-    ]
-    results: list[Result] = []
+    results: Sequence[Result]
     try:
-        for name, suite in suites:
-            print(f"running {name}...", file=sys.stderr, flush=True)
-            results.extend(suite())
-            gc.collect()
+        if args.backend == "s3":
+            s3 = run_s3(state, workdir, args.repeat)
+            results, table, fields = s3, format_s3_table(s3), s3_fields(s3)
+        else:
+            local = run_local(state, workdir, args.repeat)
+            results, table, fields = local, format_table(local), local_fields(local)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    results.sort(key=lambda r: r.kind != "save")
     header = describe(state, args, workdir, load_before)
     print("\n".join(header))
     print()
-    print(format_table(results))
+    print(table)
     print(f"\ntotal {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.json:
-        write_json(args.json, header, state, args, results)
+        write_json(args.json, header, state, args, results, fields)
     return 0
+
+
+def run_local(state: BenchState, workdir: str, repeat: int) -> list[Result]:
+    """The local-disk suites, one after the other; saves first in the table."""
+    suites: list[tuple[str, Callable[[], list[Result]]]] = [
+        ("torch", lambda: bench_torch(state, workdir, repeat)),
+        ("safetensors", lambda: bench_safetensors(state, workdir, repeat)),
+        (
+            "castore auto",
+            lambda: bench_castore(state, workdir, repeat, "auto", resave=True, cold=True),
+        ),
+        (
+            "castore raw",
+            lambda: bench_castore(state, workdir, repeat, "raw", resave=False, cold=False),
+        ),
+    ]
+    results: list[Result] = []
+    for name, suite in suites:
+        print(f"running {name}...", file=sys.stderr, flush=True)
+        results.extend(suite())
+        gc.collect()
+    results.sort(key=lambda r: r.kind != "save")
+    return results
+
+
+def run_s3(state: BenchState, workdir: str, repeat: int) -> list[S3Result]:
+    """The S3 cases against a moto server that lives as long as they run."""
+    with moto_s3() as server:
+        print(f"running s3 against moto at {server.endpoint_url}...", file=sys.stderr, flush=True)
+        return bench_s3(state, server, workdir, repeat)
 
 
 def describe(
     state: BenchState, args: argparse.Namespace, workdir: str, load_before: float
 ) -> list[str]:
-    """The header: what was measured, where, how busy the machine was, the cache caveat."""
-    return [
-        f"castore {castore.__version__} benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+    """The header: what was measured, where, how busy the machine was, the caveats."""
+    s3 = args.backend == "s3"
+    header = [
+        f"castore {castore.__version__} {'S3 ' if s3 else ''}benchmark, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"machine: {os.cpu_count()} CPUs, {platform.platform()}, Python "
         f"{platform.python_version()}, torch {torch.__version__}; 1-min load average "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after",
         f"state: {len(state.tensors)} float32 tensors, {state.nbytes / MiB:.1f} MiB "
         f"(d_model {state.d_model}, {state.layers} layers, vocab {state.vocab}, "
         f"seed {args.seed})",
-        f"scratch: {os.path.dirname(workdir)}; best of {args.repeat}; "
-        "loads are WARM-CACHE (page cache not dropped)",
-        "ratios: case time / peer time, so < 1 means castore is faster; GB = 1e9 bytes",
     ]
+    if not s3:
+        return [
+            *header,
+            f"scratch: {os.path.dirname(workdir)}; best of {args.repeat}; "
+            "loads are WARM-CACHE (page cache not dropped)",
+            "ratios: case time / peer time, so < 1 means castore is faster; GB = 1e9 bytes",
+        ]
+    return [*header, *describe_s3(state, args.repeat)]
 
 
-def ratios(results: list[Result]) -> dict[str, tuple[float, float]]:
+def ratios(results: Sequence[Result]) -> dict[str, tuple[float, float]]:
     """Each case's best time over its kind's torch and safetensors peers."""
     best = {r.case: r.best for r in results}
     ratio: dict[str, tuple[float, float]] = {}
@@ -132,7 +174,38 @@ def ratios(results: list[Result]) -> dict[str, tuple[float, float]]:
     return ratio
 
 
-def format_table(results: list[Result]) -> str:
+def local_fields(results: Sequence[Result]) -> dict[str, dict[str, object]]:
+    """Each local case's JSON ratio fields."""
+    return {
+        case: {"x_torch": x_torch, "x_safetensors": x_safetensors}
+        for case, (x_torch, x_safetensors) in ratios(results).items()
+    }
+
+
+def s3_ratios(results: Sequence[S3Result]) -> dict[str, float]:
+    """Each S3 case's best time over its peer's (1.0 for a peer)."""
+    best = {r.case: r.best for r in results}
+    return {r.case: r.best / best[r.peer] for r in results}
+
+
+def s3_fields(results: Sequence[S3Result]) -> dict[str, dict[str, object]]:
+    """Each S3 case's JSON fields: its peer, the ratio, what it moved and what the server saw."""
+    by_case = s3_ratios(results)
+    return {
+        r.case: {
+            "peer": r.peer,
+            "x_peer": by_case[r.case],
+            "bytes_uploaded": r.uploaded,
+            "bytes_downloaded": r.downloaded,
+            "requests": r.wire.requests,
+            "http_body_bytes_received": r.wire.received,
+            "http_body_bytes_sent": r.wire.sent,
+        }
+        for r in results
+    }
+
+
+def format_table(results: Sequence[Result]) -> str:
     """An aligned text table, one row per case."""
     by_case = ratios(results)
     head = ("case", "best s", "median s", "GB/s", "on disk", "x torch", "x safetensors", "note")
@@ -149,8 +222,33 @@ def format_table(results: list[Result]) -> str:
         )
         for r in results
     ]
+    return aligned(head, rows, numeric={1, 2, 3, 4, 5, 6})
+
+
+def format_s3_table(results: Sequence[S3Result]) -> str:
+    """An aligned text table, one row per case, each castore case under its peer."""
+    by_case = s3_ratios(results)
+    head = ("case", "best s", "median s", "GB/s", "up", "down", "requests", "x peer", "note")
+    rows = [
+        (
+            r.case,
+            f"{r.best:.3f}",
+            f"{r.median:.3f}",
+            f"{r.gb_per_s:.2f}",
+            human_bytes(r.uploaded) if r.uploaded else "0",
+            human_bytes(r.downloaded) if r.downloaded else "0",
+            str(r.wire.requests),
+            f"{by_case[r.case]:.2f}",
+            r.note,
+        )
+        for r in results
+    ]
+    return aligned(head, rows, numeric={1, 2, 3, 4, 5, 6, 7})
+
+
+def aligned(head: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[int]) -> str:
+    """Columns padded to their widest cell, ``numeric`` ones right-aligned, under a rule."""
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-    numeric = {1, 2, 3, 4, 5, 6}
 
     def line(row: tuple[str, ...]) -> str:
         cells = [
@@ -170,12 +268,20 @@ def human_bytes(n: int) -> str:
 
 
 def write_json(
-    path: str, header: list[str], state: BenchState, args: argparse.Namespace, results: list[Result]
+    path: str,
+    header: list[str],
+    state: BenchState,
+    args: argparse.Namespace,
+    results: Sequence[Result],
+    fields: dict[str, dict[str, object]],
 ) -> None:
-    """The table's numbers, every repeat's time included, for tracking over time."""
-    by_case = ratios(results)
+    """The table's numbers, every repeat's time included, for tracking over time.
+
+    ``fields`` holds each case's backend-specific numbers (ratios, transfers).
+    """
     document = {
         "header": header,
+        "backend": args.backend,
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "castore": castore.__version__,
@@ -193,8 +299,7 @@ def write_json(
                 "seconds": r.seconds,
                 "gb_per_s": r.gb_per_s,
                 "disk_bytes": r.disk_bytes,
-                "x_torch": by_case[r.case][0],
-                "x_safetensors": by_case[r.case][1],
+                **fields[r.case],
                 "note": r.note,
                 **r.extra,
             }

@@ -33,3 +33,19 @@ def _cache_dir_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("castore-cache")))
         yield
+
+
+
+_SKIPPED_CONTRACTS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and report.nodeid.startswith("tests/contract/"):
+        _SKIPPED_CONTRACTS.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Backend contract tests must never be skipped: a skip fails the run."""
+    if _SKIPPED_CONTRACTS and exitstatus == pytest.ExitCode.OK:
+        print(f"\nskipped contract tests fail the run: {', '.join(_SKIPPED_CONTRACTS)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 _WRAPPED = ("cat_file", "pipe_file", "exists", "ls", "find", "info", "rm_file")
+_DELEGATED = ("makedirs", "mkdir", "_parent", "_strip_protocol")
 
 
 class FlakyFileSystem(AbstractFileSystem):
@@ -68,6 +69,8 @@ class FlakyFileSystem(AbstractFileSystem):
     def __getattribute__(self, name: str) -> object:
         if name in _WRAPPED:
             return object.__getattribute__(self, "_flaky")(name)
+        if name in _DELEGATED:
+            return getattr(object.__getattribute__(self, "inner"), name)
         return super().__getattribute__(name)
 
     def invalidate_cache(self, path: str | None = None) -> None:

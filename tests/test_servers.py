@@ -60,6 +60,15 @@ def test_round_trip(fs: AbstractFileSystem, root: str) -> None:
     assert fs.cat_file(f"{root}/k") == b"replaced"
 
 
+@pytest.mark.parametrize("tail", [b"\r", b"\n", b"\r\n", b"\r\n\r\n", b"--"])
+def test_every_byte_survives_at_the_end(fs: AbstractFileSystem, root: str, tail: bytes) -> None:
+    data = bytes(range(256)) * 3 + tail
+    for _ in range(2):  # a fresh object, then an overwrite
+        fs.pipe_file(f"{root}/tail", data)
+        fs.invalidate_cache()
+        assert fs.cat_file(f"{root}/tail") == data
+
+
 def test_storage_options_resolve_a_url(server: ObjectServer, root: str) -> None:
     """The options work the way castore passes them: ``url_to_fs(url, **options)``."""
     key = root.split("/", 1)[1]

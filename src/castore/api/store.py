@@ -161,6 +161,11 @@ def _open_or_create_config(location: Location, *, create: bool) -> dict[str, obj
         location.write_exclusive(STORE_CONFIG_KEY, json.dumps(config, indent=2).encode())
     except ConflictError:
         return _check_config(location, location.read(STORE_CONFIG_KEY))
+    except NotFoundError as exc:
+        raise NotFoundError(
+            f"cannot create {STORE_CONFIG_KEY}: the bucket or parent folder does not exist",
+            url=location.url,
+        ) from exc
     return config
 
 

@@ -92,7 +92,7 @@ class Location:
             self._io(f"writing {key}", lambda: _write_local(path, parts, exclusive=False))
         else:
             payload = b"".join(parts)
-            self._io(f"writing {key}", lambda: self.fs.pipe_file(path, payload))
+            self._io(f"writing {key}", lambda: self._pipe(path, payload, "overwrite"))
 
     def write_exclusive(self, key: str, data: bytes) -> None:
         """Create ``key`` whole, or raise ``ConflictError`` if it exists; never overwrites.
@@ -111,7 +111,7 @@ class Location:
                         with _MEMORY_CREATE_LOCK:
                             self.fs.pipe_file(path, data, mode="create")
                     else:
-                        self.fs.pipe_file(path, data, mode="create")
+                        self._pipe(path, data, "create")
             except ConflictError:
                 if attempt == 0 or self.read(key) != data:
                     raise
@@ -153,6 +153,14 @@ class Location:
             self._io(f"deleting {key}", lambda: self.fs.rm_file(self.path(key)))
         except NotFoundError:
             return
+
+    def _pipe(self, path: str, data: bytes, mode: str) -> None:
+        """``pipe_file``, making the parent folder on filesystems that have real folders."""
+        try:
+            self.fs.pipe_file(path, data, mode=mode)
+        except FileNotFoundError:
+            self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+            self.fs.pipe_file(path, data, mode=mode)
 
     def _io(self, doing: str, operation: Callable[[], T]) -> T:
         def attempt(_: int) -> T:

@@ -65,17 +65,25 @@ class BlobStore:
         return False
 
     def has_many(self, digests: Iterable[Digest]) -> set[Digest]:
-        """The subset of ``digests`` present in the store, checked concurrently."""
+        """The subset of ``digests`` present in the store.
+
+        Local disk answers a stat per digest. Object stores are asked with one concurrent
+        LIST per blob folder instead: s3fs answers a missing key's ``exists`` with a HEAD
+        and then a listing, three requests where one LIST serves every digest it holds.
+        """
         unique = sorted(set(digests))
-        workers = 1 if self.location.is_local else self.transfer.workers
-        present = bounded_map(
-            lambda d: self.location.exists(blob_key(d)),
-            unique,
+        if self.location.is_local:
+            return {d for d in unique if self.location.exists(blob_key(d))}
+        folders = sorted({blob_key(d).rsplit("/", 1)[0] for d in unique})
+        listed = bounded_map(
+            self.location.list_names,
+            folders,
             size_of=lambda _: 0,
-            workers=workers,
+            workers=self.transfer.workers,
             max_in_flight_bytes=1,
         )
-        return {d for d, ok in zip(unique, present, strict=True) if ok}
+        names = {name for names in listed for name in names}
+        return {d for d in unique if d in names}
 
     def sizes(self) -> dict[Digest, int]:
         """Every blob in the store with its stored (frame) size; foreign files are ignored."""
