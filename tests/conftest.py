@@ -35,7 +35,6 @@ def _cache_dir_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
         yield
 
 
-
 _SKIPPED_CONTRACTS: list[str] = []
 
 
