@@ -126,7 +126,7 @@ class Location:
             self.fs.invalidate_cache(path)
             try:
                 entries = self.fs.ls(path, detail=False)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 return []
             return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries} - {""})
 

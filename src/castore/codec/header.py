@@ -26,6 +26,7 @@ from castore.errors import FormatError, IntegrityError
 __all__ = [
     "FRAME_MAGIC",
     "FRAME_VERSION",
+    "MAX_PLANES",
     "CodecId",
     "FilterFlags",
     "FrameHeader",
@@ -35,6 +36,7 @@ __all__ = [
 
 FRAME_MAGIC = b"CSTF"
 FRAME_VERSION = 1
+MAX_PLANES = 16
 _FIXED = struct.Struct("<4sBBBBQ")
 _BASE_BYTES = 32
 
@@ -92,10 +94,10 @@ def unpack_header(frame: bytes | memoryview) -> FrameHeader:
         )
     if codec not in CodecId.__members__.values():
         raise FormatError(f"unknown frame codec {codec}; upgrade castore")
-    if filters & ~FilterFlags.XOR_DELTA:
+    if filters & ~int(FilterFlags.XOR_DELTA) & 0xFF:
         raise FormatError(f"unknown frame filters {filters:#04x}; upgrade castore")
     if codec == CodecId.PLANES:
-        if element_size < 2 or decoded_length % element_size:
+        if not 2 <= element_size <= MAX_PLANES or decoded_length % element_size:
             raise IntegrityError(
                 f"planes frame of {decoded_length} bytes cannot hold {element_size} planes"
             )

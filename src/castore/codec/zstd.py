@@ -31,7 +31,17 @@ def compress(data: bytes | memoryview, level: int) -> bytes:
 
 
 def decompress(payload: bytes | memoryview, decoded_length: int) -> bytes:
-    """Decompress exactly ``decoded_length`` bytes; never allocates more than that."""
+    """Decompress exactly ``decoded_length`` bytes; never allocates more than that.
+
+    python-zstandard sizes its output by the content size the frame declares, whatever
+    ``max_output_size`` says, so a declared size other than the expected one is refused
+    before anything is allocated.
+    """
+    declared = content_size(payload)
+    if declared != decoded_length:
+        raise IntegrityError(
+            f"zstd payload declares {declared} decoded bytes where {decoded_length} are expected"
+        )
     try:
         out = _decompressor().decompress(payload, max_output_size=decoded_length)
     except zstandard.ZstdError as exc:

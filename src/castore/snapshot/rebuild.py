@@ -27,6 +27,15 @@ def check_refs(refs: Sequence[TensorRef]) -> None:
     by_name = {ref.name: ref for ref in refs}
     if len(by_name) != len(refs):
         raise IntegrityError("manifest lists a tensor name twice")
+    blob_lengths: dict[str, int] = {}
+    for ref in refs:
+        for chunk in ref.chunks:
+            if blob_lengths.setdefault(chunk.digest, chunk.blob_length) != chunk.blob_length:
+                raise IntegrityError(
+                    "chunks of one blob disagree on its length",
+                    tensor=ref.name,
+                    digest=chunk.digest,
+                )
     for ref in refs:
         if any(size < 0 for size in ref.shape):
             raise IntegrityError(f"negative dimension in shape {ref.shape}", tensor=ref.name)

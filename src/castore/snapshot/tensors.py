@@ -71,16 +71,17 @@ def plan_entries(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> l
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
     for index, tensor in enumerate(tensors):
         storage = tensor.untyped_storage()
-        if storage.nbytes() > 0 and tensor.numel() > 0:
+        if storage.nbytes() > 0 and tensor.numel() > 0 and not _lazy_view(tensor):
             groups[(str(tensor.device), storage.data_ptr())].append(index)
 
     entries: list[PlannedEntry] = []
     emitted: dict[int, str] = {}
+    taken = set(names)
     for index, (name, tensor) in enumerate(zip(names, tensors, strict=True)):
         if index in emitted:
             continue
         group = groups.get((str(tensor.device), tensor.untyped_storage().data_ptr()), [index])
-        if tensor.numel() == 0 or len(group) == 1:
+        if tensor.numel() == 0 or len(group) == 1 or index not in group:
             entries.append(_own_bytes(name, tensor))
         elif all(_same_view(tensor, tensors[i]) for i in group):
             entries.append(_own_bytes(name, tensor))
@@ -88,7 +89,9 @@ def plan_entries(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> l
                 entries.append(_alias(names[i], tensors[i], name))
                 emitted[i] = names[i]
         elif len({tensors[i].dtype for i in group}) == 1:
-            entries.extend(_shared_storage([names[i] for i in group], [tensors[i] for i in group]))
+            entries.extend(
+                _shared_storage([names[i] for i in group], [tensors[i] for i in group], taken)
+            )
             emitted.update({i: names[i] for i in group})
         else:
             entries.append(_own_bytes(name, tensor))
@@ -96,12 +99,18 @@ def plan_entries(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> l
 
 
 def host_bytes(tensor: torch.Tensor) -> memoryview:
-    """The tensor's row-major bytes in CPU memory, without a copy when already there."""
+    """The tensor's row-major bytes in CPU memory, without a copy when already there.
+
+    Conjugate and negative views are resolved to the values they show; a flattened
+    tensor keeps an odd stride when it has one element, so that case is copied too.
+    """
     flat = tensor.detach()
     if flat.device.type != "cpu":
         flat = flat.cpu()
-    flat = flat.contiguous().reshape(-1).view(torch.uint8)
-    return memoryview(flat.numpy()).cast("B")
+    flat = flat.resolve_conj().resolve_neg().reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
 
 
 def _own_bytes(name: str, tensor: torch.Tensor) -> PlannedEntry:
@@ -126,6 +135,21 @@ def _alias(name: str, tensor: torch.Tensor, base: str) -> PlannedEntry:
     )
 
 
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}#{n}"
+    taken.add(candidate)
+    return candidate
+
+
+def _lazy_view(tensor: torch.Tensor) -> bool:
+    """Conjugate and negative views show values their storage does not hold: they are
+    stored by value, never as views of a shared storage."""
+    return tensor.is_conj() or tensor.is_neg()
+
+
 def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
     return (
         a.dtype == b.dtype
@@ -135,8 +159,11 @@ def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-def _shared_storage(names: list[str], tensors: list[torch.Tensor]) -> list[PlannedEntry]:
-    """A STORAGE entry spanning every view, then one VIEW entry per tensor."""
+def _shared_storage(
+    names: list[str], tensors: list[torch.Tensor], taken: set[str]
+) -> list[PlannedEntry]:
+    """A STORAGE entry spanning every view, then one VIEW entry per tensor. Its name,
+    ``<first view>@storage``, gets a ``#n`` suffix if a leaf already has it."""
     first = tensors[0]
     starts, ends = [], []
     for tensor in tensors:
@@ -149,7 +176,7 @@ def _shared_storage(names: list[str], tensors: list[torch.Tensor]) -> list[Plann
     span_start, span_end = min(starts), max(ends)
     span = torch.empty(0, dtype=first.dtype, device=first.device)
     span.set_(first.untyped_storage(), span_start, (span_end - span_start,), (1,))
-    storage_name = f"{names[0]}@storage"
+    storage_name = _unique(f"{names[0]}@storage", taken)
     entries = [
         PlannedEntry(
             name=storage_name,
