@@ -51,12 +51,16 @@ class CodecOptions:
     ``auto`` splits multi-byte elements into byte planes and compresses each plane only
     where zstd saves at least ``min_saving`` of it (judged on samples first), because
     decoding costs time that a few percent of bytes does not repay. Level 1 is the
-    default: on float planes it compresses as well as level 3, twice as fast.
+    default: on float planes it compresses as well as level 3, twice as fast. ``delta``
+    stores a chunk that changed since the parent checkpoint as its XOR against the
+    parent's keyframe of that chunk (depth one: see docs/format.md), unless ``codec`` is
+    ``raw``.
     """
 
     codec: CodecName = "auto"
     zstd_level: int = 1
     min_saving: float = 0.05
+    delta: bool = True
 
     def __post_init__(self) -> None:
         if self.codec not in ("auto", "raw", "zstd"):

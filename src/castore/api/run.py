@@ -11,7 +11,8 @@ import torch
 
 from castore.api.checkpoint import Checkpoint
 from castore.api.load import MapLocation, load_checkpoint
-from castore.api.save import SaveInfo, check_epoch, check_metrics, save_checkpoint
+from castore.api.save import SaveInfo, save_checkpoint
+from castore.api.validate import check_epoch, check_metrics
 from castore.errors import CastoreError, ConflictError, InvalidCheckpointError, NotFoundError
 from castore.manifest.annotations import AnnotationReader, merge_metrics, write_annotation
 from castore.manifest.query import concat_summaries

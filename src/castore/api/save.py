@@ -7,22 +7,24 @@ are encoded and uploaded; the manifest part is written last (see manifest.writer
 
 from __future__ import annotations
 
-import numbers
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from castore._concurrency import bounded_map
+from castore.api.deltas import (
+    chunk_position,
+    keyframe_for,
+    parent_positions,
+    stored_base,
+    write_blob,
+)
 from castore.api.progress import progress_bar
 from castore.api.unchanged import ChunkKey, SaveMemo, chunk_key, remember, sample_digest
-from castore.blobstore.layout import MAX_EPOCH
-from castore.codec.frame import encode_frame_parts
+from castore.api.validate import check_epoch, check_metrics, check_step
 from castore.codec.hashing import hash_bytes
-from castore.errors import InvalidCheckpointError
 from castore.manifest.records import CheckpointRecord
-from castore.manifest.schema import check_metric_name
 from castore.manifest.writer import write_part
 from castore.snapshot.chunking import PlannedChunk, chunk_data, plan_chunks
 from castore.snapshot.refs import ChunkRef, TensorRef
@@ -30,11 +32,13 @@ from castore.snapshot.tensors import PlannedEntry, host_bytes, plan_entries
 from castore.snapshot.tree import flatten_tree
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from castore._config import ChunkingOptions, CodecOptions, TransferOptions
     from castore.blobstore.digest import Digest
     from castore.blobstore.store import BlobStore
 
-__all__ = ["SaveInfo", "SaveOptions", "check_epoch", "check_metrics", "save_checkpoint"]
+__all__ = ["SaveInfo", "SaveOptions", "save_checkpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,41 +65,6 @@ class SaveOptions:
     reuse_unchanged: bool = True
 
 
-def check_epoch(epoch: object) -> int:
-    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
-        raise InvalidCheckpointError(f"epoch must be an int, got {type(epoch).__name__}")
-    if not 0 <= int(epoch) <= MAX_EPOCH:
-        raise InvalidCheckpointError(f"epoch must be within [0, {MAX_EPOCH}], got {epoch}")
-    return int(epoch)
-
-
-def check_metrics(metrics: Mapping[str, object] | None) -> dict[str, float]:
-    """Metric names as column names and values as floats (a 1-element tensor is fine)."""
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, Mapping):
-        raise InvalidCheckpointError(f"metrics must be a mapping, got {type(metrics).__name__}")
-    checked: dict[str, float] = {}
-    for name, value in metrics.items():
-        check_metric_name(name)
-        if hasattr(value, "numel") and value.numel() == 1:  # a scalar tensor
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise InvalidCheckpointError(
-                f"metric {name!r} must be a real number, got {type(value).__name__}"
-            )
-        checked[name] = float(value)
-    return checked
-
-
-def _check_step(step: object) -> int | None:
-    if step is None:
-        return None
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or int(step) < 0:
-        raise InvalidCheckpointError(f"step must be a non-negative int or None, got {step!r}")
-    return int(step)
-
-
 def save_checkpoint(
     blobs: BlobStore,
     *,
@@ -116,7 +85,7 @@ def save_checkpoint(
     """
     started = time.perf_counter()
     epoch = check_epoch(epoch)
-    step = _check_step(step)
+    step = check_step(step)
     checked_metrics = check_metrics(metrics)
     flat = flatten_tree(state)
     entries = plan_entries(flat.names, flat.tensors)
@@ -154,17 +123,21 @@ def save_checkpoint(
     first_chunk: dict[Digest, PlannedChunk] = {}
     for chunk, digest in zip(plan.chunks, digests, strict=True):
         first_chunk.setdefault(digest, chunk)
-    known = parent.digests() if parent is not None else set()
-    unknown = [d for d in first_chunk if d not in known]
-    missing = sorted(set(unknown) - blobs.has_many(unknown))
+    bases = _parent_bases(parent)
+    unknown = [d for d in first_chunk if d not in bases]
+    present = blobs.has_many(unknown)
+    missing = sorted(set(unknown) - present)
+    for digest in present:
+        bases[digest] = stored_base(blobs, digest)
+    positions = parent_positions(parent) if parent is not None else {}
 
     def encode_and_put(digest: Digest) -> int:
         chunk = first_chunk[digest]
-        parts = encode_frame_parts(
-            chunk_data(chunk, data), element_size=chunk.element_size, options=options.codec
+        keyframe = keyframe_for(chunk_position(chunk, entries), positions)
+        size, bases[digest] = write_blob(
+            blobs, digest, chunk, chunk_data(chunk, data), keyframe, options.codec
         )
-        blobs.put(digest, parts)
-        return sum(memoryview(part).nbytes for part in parts)
+        return size
 
     new_bytes = sum(first_chunk[d].length for d in missing)
     with progress_bar(new_bytes, "writing", options.progress) as bar:
@@ -188,7 +161,7 @@ def save_checkpoint(
         stored_bytes=sum(frame_sizes),
         new_blobs=len(missing),
         skeleton=flat.skeleton,
-        tensors=_tensor_refs(entries, plan.chunks, digests),
+        tensors=_tensor_refs(entries, plan.chunks, digests, bases),
         metrics=checked_metrics,
     )
     write_part(blobs.location, record)
@@ -227,13 +200,28 @@ def _reuse_digests(
     return found, samples
 
 
+def _parent_bases(parent: CheckpointRecord | None) -> dict[Digest, str | None]:
+    """Every blob the parent references, with the base of its frame: known present."""
+    bases: dict[Digest, str | None] = {}
+    if parent is not None:
+        for ref in parent.tensors:
+            for chunk in ref.chunks:
+                bases[chunk.digest] = chunk.base  # type: ignore[index]
+                if chunk.base is not None:
+                    bases.setdefault(chunk.base, None)  # type: ignore[arg-type]
+    return bases
+
+
 def _tensor_refs(
-    entries: list[PlannedEntry], chunks: tuple[PlannedChunk, ...], digests: list[Digest]
+    entries: list[PlannedEntry],
+    chunks: tuple[PlannedChunk, ...],
+    digests: list[Digest],
+    bases: dict[Digest, str | None],
 ) -> tuple[TensorRef, ...]:
     pieces: list[list[tuple[int, ChunkRef]]] = [[] for _ in entries]
     for chunk, digest in zip(chunks, digests, strict=True):
         for piece in chunk.pieces:
-            ref = ChunkRef(digest, piece.offset, piece.length, chunk.length)
+            ref = ChunkRef(digest, piece.offset, piece.length, chunk.length, bases[digest])
             pieces[piece.entry].append((piece.start, ref))
     return tuple(
         TensorRef(

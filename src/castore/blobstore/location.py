@@ -78,6 +78,11 @@ class Location:
 
         return self._io(f"checking {key}", check)
 
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of ``key`` (fewer at its end): one ranged GET remotely."""
+        path = self.path(key)
+        return self._io(f"reading {key}", lambda: self.fs.cat_file(path, start=start, end=end))
+
     def read_view(self, key: str) -> bytes | memoryview:
         """Like ``read``, but a local file is memory-mapped rather than copied."""
         if not self.is_local:

@@ -59,6 +59,15 @@ class BlobStore:
         self.counter.add("downloaded", len(frame))
         return frame
 
+    def get_head(self, digest: Digest, size: int) -> bytes:
+        """The first ``size`` bytes of a frame: enough to read its header."""
+        try:
+            return self.location.read_range(blob_key(digest), 0, size)
+        except NotFoundError as exc:
+            raise BlobNotFoundError(
+                f"blob {short(digest)} is missing from the store", digest=digest
+            ) from exc
+
     def discard_cached(self, digest: Digest) -> bool:
         """Forget a locally cached copy found corrupt; True if there was one to forget."""
         del digest
@@ -116,6 +125,12 @@ class CachedBlobStore(BlobStore):
         frame = super().get(digest)
         self.cache.put(digest, frame)
         return frame
+
+    def put(self, digest: Digest, parts: Sequence[Buffer]) -> None:
+        """Upload, and keep a copy in the cache: the next save bases its deltas on it and
+        a load on this machine needs no download."""
+        super().put(digest, parts)
+        self.cache.put(digest, b"".join(parts))
 
     def discard_cached(self, digest: Digest) -> bool:
         return self.cache.discard(digest)
