@@ -11,6 +11,7 @@ state = run.load(best="score")
 
 from castore._config import CacheOptions, ChunkingOptions, CodecOptions, TransferOptions
 from castore.api.checkpoint import Checkpoint
+from castore.api.handle import SaveHandle
 from castore.api.run import Run
 from castore.api.save import SaveInfo
 from castore.api.store import Store
@@ -48,6 +49,7 @@ __all__ = [
     "QueryError",
     "RetryPolicy",
     "Run",
+    "SaveHandle",
     "SaveInfo",
     "StorageError",
     "Store",

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from castore.api.checkpoint import Checkpoint
+from castore.api.handle import SaveHandle
 from castore.api.load import MapLocation, load_checkpoint
 from castore.api.save import SaveInfo, save_checkpoint
-from castore.api.validate import check_epoch, check_metrics
+from castore.api.validate import check_epoch, check_metrics, check_step
 from castore.errors import CastoreError, ConflictError, InvalidCheckpointError, NotFoundError
 from castore.manifest.annotations import AnnotationReader, merge_metrics, write_annotation
 from castore.manifest.query import concat_summaries
 from castore.manifest.reader import list_epochs, read_part, read_summary
 from castore.manifest.schema import check_metric_name
+from castore.snapshot.host_copy import copy_to_host
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -43,6 +46,8 @@ class Run:
         self._summaries: dict[int, pa.Table] = {}
         self._annotations = AnnotationReader(store.location, name)
         self._memo: SaveMemo | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: SaveHandle | None = None
 
     def __repr__(self) -> str:
         return f"castore.Run({self.store.url!r}, {self.name!r})"
@@ -54,12 +59,16 @@ class Run:
         epoch: int,
         step: int | None = None,
         metrics: Mapping[str, object] | None = None,
-    ) -> SaveInfo:
+        blocking: bool = True,
+    ) -> SaveInfo | SaveHandle:
         """Commit ``state`` as checkpoint ``epoch``, storing only chunks the store lacks.
 
         ``state`` is a nested dict/list/tuple of tensors and plain values, or an
         ``nn.Module`` (saved as its state_dict). ``metrics`` are numbers, stored as
-        manifest columns.
+        manifest columns. With ``blocking=False`` the state is copied to host memory and
+        a ``SaveHandle`` returned at once; hashing, upload and commit run in the
+        background while training goes on. A run has one save in flight: the next save
+        (or ``wait()``, or ``store.close()``) waits for it and raises its error.
 
         Raises:
             InvalidCheckpointError: bad input; nothing was written.
@@ -67,8 +76,11 @@ class Run:
         """
         if isinstance(state, torch.nn.Module):
             state = state.state_dict()
+        self.wait()
         with self._context("saving", epoch):
             epoch = check_epoch(epoch)
+            check_step(step)
+            check_metrics(metrics)
             epochs = list_epochs(self.store.location, self.name)
             if epoch in epochs:
                 raise ConflictError(
@@ -77,6 +89,29 @@ class Run:
                 )
             earlier = [e for e in epochs if e < epoch]
             parent = self.record(earlier[-1]) if earlier else None
+            if blocking:
+                return self._commit(state, epoch, step, metrics, parent)
+            host_state = copy_to_host(state)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"castore-save-{self.name}")
+        future = self._executor.submit(self._commit, host_state, epoch, step, metrics, parent)
+        self._pending = SaveHandle(future, self.name, epoch)
+        return self._pending
+
+    def wait(self) -> SaveInfo | None:
+        """Wait for this run's save in flight, if any; return what it did or raise its error."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
+
+    def _commit(
+        self,
+        state: object,
+        epoch: int,
+        step: int | None,
+        metrics: Mapping[str, object] | None,
+        parent: CheckpointRecord | None,
+    ) -> SaveInfo:
+        with self._context("saving", epoch):
             info, record, self._memo = save_checkpoint(
                 self.store.blobs,
                 run=self.name,
@@ -88,8 +123,8 @@ class Run:
                 options=self.store.options,
                 memo=self._memo,
             )
-            self._records[epoch] = record
-            return info
+        self._records[epoch] = record
+        return info
 
     def load(
         self,
@@ -252,5 +287,7 @@ class Run:
             exc.run = exc.run or self.name
             if exc.epoch is None and isinstance(epoch, int):
                 exc.epoch = epoch
-            exc.add_note(f"while {doing} run '{self.name}' epoch {epoch}")
+            note = f"while {doing} run '{self.name}' epoch {epoch}"
+            if note not in getattr(exc, "__notes__", ()):
+                exc.add_note(note)
             raise

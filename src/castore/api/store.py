@@ -21,7 +21,7 @@ from castore.blobstore.cache import LocalBlobCache
 from castore.blobstore.layout import STORE_CONFIG_KEY, check_run_name
 from castore.blobstore.location import Location, open_location
 from castore.blobstore.store import BlobStore, CachedBlobStore
-from castore.errors import ConflictError, FormatError, IntegrityError, NotFoundError
+from castore.errors import CastoreError, ConflictError, FormatError, IntegrityError, NotFoundError
 from castore.maintenance.accounting import StoreUsage, measure_usage
 from castore.manifest.query import concat_summaries, run_query
 from castore.manifest.reader import list_runs
@@ -56,6 +56,23 @@ class Store:
 
     def __repr__(self) -> str:
         return f"castore.Store({self.url!r})"
+
+    def close(self) -> None:
+        """Wait for every run's asynchronous save; raise the first error among them."""
+        errors = []
+        for run in self._runs.values():
+            try:
+                run.wait()
+            except CastoreError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def transfer_stats(self) -> TransferStats:
         """Blobs and bytes uploaded, downloaded and served from the local cache so far;

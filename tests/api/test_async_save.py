@@ -1,0 +1,90 @@
+"""Asynchronous saves: return once copied to host memory, commit in the background."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import torch
+
+import castore
+from castore.blobstore.store import BlobStore
+
+
+def fresh_store() -> castore.Store:
+    return castore.open(f"memory://{uuid.uuid4().hex}")
+
+
+def test_async_save_commits_the_state_as_it_was_when_called(monkeypatch):
+    store = fresh_store()
+    run = store.run("r")
+    weight = torch.zeros(64 * 1024)
+    release = threading.Event()
+    original_put = BlobStore.put
+
+    def slow_put(self, digest, parts):
+        release.wait(10)
+        original_put(self, digest, parts)
+
+    monkeypatch.setattr(BlobStore, "put", slow_put)
+    handle = run.save({"w": weight, "tied": weight, "row": weight[:10]}, epoch=0, blocking=False)
+    weight.add_(1.0)  # training goes on while the save runs
+    assert not handle.done()
+    assert run.epochs() == []
+    release.set()
+    info = handle.result(timeout=30)
+    assert (info.epoch, handle.epoch) == (0, 0)
+    loaded = run.load(0)
+    assert torch.equal(loaded["w"], torch.zeros(64 * 1024))
+    assert loaded["w"].untyped_storage().data_ptr() == loaded["row"].untyped_storage().data_ptr()
+
+
+def test_next_save_waits_for_the_previous_one():
+    store = fresh_store()
+    run = store.run("r")
+    handles = [
+        run.save({"w": torch.full((1000,), float(e))}, epoch=e, blocking=False) for e in range(4)
+    ]
+    assert all(h.done() for h in handles[:-1])
+    assert run.wait().epoch == 3
+    assert run.wait() is None
+    assert run.epochs() == [0, 1, 2, 3]
+    assert run.record(3).parent_epoch == 2
+
+
+def test_background_error_surfaces_on_handle_next_save_and_close(monkeypatch):
+    store = fresh_store()
+    run = store.run("r")
+
+    def failing_put(self, digest, parts):
+        raise castore.StorageError("injected: bucket gone")
+
+    monkeypatch.setattr(BlobStore, "put", failing_put)
+    handle = run.save({"w": torch.ones(10)}, epoch=0, blocking=False)
+    with pytest.raises(castore.StorageError, match="injected") as caught:
+        handle.result(timeout=30)
+    assert "while saving run 'r' epoch 0" in caught.value.__notes__
+    with pytest.raises(castore.StorageError, match="injected"):
+        run.save({"w": torch.ones(10)}, epoch=1)
+    assert run.epochs() == []
+
+    run.save({"w": torch.ones(10)}, epoch=1, blocking=False)
+    with pytest.raises(castore.StorageError, match="injected"):
+        store.close()
+
+
+def test_bad_input_fails_before_returning():
+    run = fresh_store().run("r")
+    with pytest.raises(castore.InvalidCheckpointError, match="to_dense"):
+        run.save({"w": torch.ones(3).to_sparse()}, epoch=0, blocking=False)
+    with pytest.raises(castore.InvalidCheckpointError, match="real number"):
+        run.save({"w": torch.ones(3)}, epoch=0, metrics={"s": "x"}, blocking=False)
+    assert run.wait() is None
+
+
+def test_store_as_context_manager_waits_for_saves():
+    with fresh_store() as store:
+        handle = store.run("r").save({"w": torch.ones(100_000)}, epoch=0, blocking=False)
+    assert handle.done()
+    assert store.run("r").epochs() == [0]
