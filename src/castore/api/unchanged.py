@@ -5,9 +5,13 @@ share, so a tensor at the same memory with the same version, dtype, shape and st
 as at the previous save holds the same bytes: its chunks are neither read nor hashed
 again, which makes saving a mostly frozen model cost what changed. The memo keeps the
 previous save's tensors alive, so their memory cannot be reused by a new tensor that
-would then look unchanged. Writes through ``tensor.data`` escape the version counter;
-three sampled windows of every reused chunk are hashed again to catch those, and
-``reuse_unchanged=False`` turns the shortcut off entirely.
+would then look unchanged.
+
+Writes through ``tensor.data`` or a numpy view escape the version counter. Three
+sampled windows of every reused chunk are hashed again, which catches writes that touch
+the whole tensor (a soft target-network update, ``.data.copy_``) but can miss a partial
+one (one embedding row): code that writes weights that way saves with
+``reuse_unchanged=False``.
 """
 
 from __future__ import annotations

@@ -43,7 +43,9 @@ def decompress(payload: bytes | memoryview, decoded_length: int) -> bytes:
             f"zstd payload declares {declared} decoded bytes where {decoded_length} are expected"
         )
     try:
-        out = _decompressor().decompress(payload, max_output_size=decoded_length)
+        out = _decompressor().decompress(
+            payload, max_output_size=decoded_length, allow_extra_data=False
+        )
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"zstd payload does not decode: {exc}") from exc
     if len(out) != decoded_length:
