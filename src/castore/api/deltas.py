@@ -10,6 +10,7 @@ from the keyframe), the chunk is stored whole and becomes the next keyframe.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -61,21 +62,28 @@ def chunk_position(chunk: PlannedChunk, entries: Sequence[PlannedEntry]) -> Posi
 
 
 def parent_positions(parent: CheckpointRecord) -> dict[Position, tuple[str, str | None]]:
-    """The parent's chunks by position, as (digest, base): the delta candidates."""
+    """The parent's chunks by position, as (digest, base): the delta candidates.
+
+    A chunk that is one piece of one tensor is its own position. The pieces of a pack
+    are gathered by digest and ordered by their offset in the blob, as the chunk plan
+    orders them (large tensors' chunks may sit between a pack's pieces in the manifest).
+    """
     positions: dict[Position, tuple[str, str | None]] = {}
-    current: list[tuple[object, ...]] = []
-    current_ref: tuple[str, str | None] | None = None
+    packs: dict[str, list[tuple[object, ...]]] = defaultdict(list)
+    pack_bases: dict[str, str | None] = {}
     for ref in parent.tensors:
         start = 0
         for chunk in ref.chunks:
-            if chunk.offset == 0:
-                if current_ref is not None:
-                    positions[tuple(current)] = current_ref
-                current, current_ref = [], (chunk.digest, chunk.base)
-            current.append((ref.name, ref.dtype, ref.shape, start, chunk.length, chunk.offset))
+            piece = (ref.name, ref.dtype, ref.shape, start, chunk.length, chunk.offset)
+            if chunk.offset == 0 and chunk.length == chunk.blob_length:
+                positions[(piece,)] = (chunk.digest, chunk.base)
+            else:
+                packs[chunk.digest].append(piece)
+                pack_bases[chunk.digest] = chunk.base
             start += chunk.length
-    if current_ref is not None:
-        positions[tuple(current)] = current_ref
+    for digest, pieces in packs.items():
+        position = tuple(sorted(pieces, key=lambda piece: piece[5]))  # type: ignore[arg-type, return-value]
+        positions[position] = (digest, pack_bases[digest])
     return positions
 
 
