@@ -1,13 +1,15 @@
 """Save and load one transformer-shaped state dict with castore, torch and safetensors.
 
-    python benchmarks/run.py [--backend local|s3] [--quick] [--size-mib N] [--repeat K]
-                             [--dir DIR] [--json OUT]
+    python benchmarks/run.py [--backend local|s3] [--loads] [--quick] [--size-mib N]
+                             [--repeat K] [--dir DIR] [--json OUT]
 
 Prints one row per case with the best time of its repeats, throughput over the logical
 bytes, bytes on disk, and the time ratio against torch and safetensors (see README.md).
 Loads read files the run has just written, so they come from a warm page cache.
 ``--backend s3`` instead compares castore with torch.save + s3fs over two epochs on a
-moto S3 server in this process, with the bytes each side moved.
+moto S3 server in this process, with the bytes each side moved. ``--loads`` compares
+castore's eager, mmap and partial loads with safetensors' and torch's mapped loads, each
+reading every byte it returns, with the peak RSS of each castore load.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 import castore
 from cases.castore_cases import bench_castore
 from cases.common import BenchState, MiB, Result, build_state
+from cases.loads import bench_loads
 from cases.peers import bench_safetensors, bench_torch
 from cases.s3 import S3Result, bench_s3, describe_s3, moto_s3
 
@@ -46,6 +49,7 @@ PEERS = {
     "save": ("torch.save", "safetensors save_file"),
     "load": ("torch.load", "safetensors load_file"),
 }
+LOADS_PEERS = ("safetensors load_file + read", "torch.load mmap + read")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -55,6 +59,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("local", "s3"),
         default="local",
         help="local disk (default) or a moto S3 server in this process",
+    )
+    parser.add_argument(
+        "--loads",
+        action="store_true",
+        help="the evaluator load cases (eager, mmap, partial) on local disk instead",
     )
     parser.add_argument("--quick", action="store_true", help=f"a {QUICK_MIB} MiB state")
     parser.add_argument(
@@ -78,6 +87,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.repeat = QUICK_REPEAT if args.quick else FULL_REPEAT
     if args.size_mib < 1 or args.repeat < 1:
         parser.error("--size-mib and --repeat must be positive")
+    if args.loads and args.backend != "local":
+        parser.error("--loads runs on local disk only")
     return args
 
 
@@ -93,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.backend == "s3":
             s3 = run_s3(state, workdir, args.repeat)
             results, table, fields = s3, format_s3_table(s3), s3_fields(s3)
+        elif args.loads:
+            print("running loads...", file=sys.stderr, flush=True)
+            loads = bench_loads(state, workdir, args.repeat)
+            results, table, fields = loads, format_loads_table(loads), loads_fields(loads)
         else:
             local = run_local(state, workdir, args.repeat)
             results, table, fields = local, format_table(local), local_fields(local)
@@ -154,6 +169,15 @@ def describe(
         f"(d_model {state.d_model}, {state.layers} layers, vocab {state.vocab}, "
         f"seed {args.seed})",
     ]
+    if args.loads:
+        return [
+            *header,
+            f"scratch: {os.path.dirname(workdir)}; best of {args.repeat}; WARM-CACHE; castore "
+            "saved with codec=raw; every case reads every byte it returns (uint8 max per tensor)",
+            "peak RSS: VmHWM rise during the load (no read) in a fresh interpreter / checkpoint "
+            "size; blob bytes: castore blobs read per load",
+            "ratios: case time / peer time, so < 1 means castore is faster; GB = 1e9 bytes",
+        ]
     if not s3:
         return [
             *header,
@@ -180,6 +204,40 @@ def local_fields(results: Sequence[Result]) -> dict[str, dict[str, object]]:
         case: {"x_torch": x_torch, "x_safetensors": x_safetensors}
         for case, (x_torch, x_safetensors) in ratios(results).items()
     }
+
+
+def loads_fields(results: Sequence[Result]) -> dict[str, dict[str, object]]:
+    """Each loads case's ratios against the two mapped peers."""
+    best = {r.case: r.best for r in results}
+    return {
+        r.case: {f"x_{peer.split()[0]}": r.best / best[peer] for peer in LOADS_PEERS}
+        for r in results
+    }
+
+
+def format_loads_table(results: Sequence[Result]) -> str:
+    """The loads table: times, ratios to the mapped peers, peak RSS and blob bytes read."""
+    ratio = loads_fields(results)
+    head = ("case", "best s", "median s", "GB/s", "x safetensors", "x torch mmap", "peak RSS")
+    head += ("blob bytes", "note")
+    rows = []
+    for r in results:
+        fraction = r.extra.get("peak_rss_fraction")
+        read = r.extra.get("blob_bytes_read", 0)
+        rows.append(
+            (
+                r.case,
+                f"{r.best:.3f}",
+                f"{r.median:.3f}",
+                f"{r.gb_per_s:.2f}",
+                f"{ratio[r.case]['x_safetensors']:.2f}",
+                f"{ratio[r.case]['x_torch.load']:.2f}",
+                "" if fraction is None else f"{fraction:.1%}",
+                human_bytes(read) if read else "-" if r.case in LOADS_PEERS else "0",
+                r.note,
+            )
+        )
+    return aligned(head, rows, numeric={1, 2, 3, 4, 5, 6, 7})
 
 
 def s3_ratios(results: Sequence[S3Result]) -> dict[str, float]:

@@ -1,15 +1,25 @@
-"""Checkpoint: a handle on one committed checkpoint, cheap until it is loaded."""
+"""Checkpoint: a handle on one committed checkpoint, cheap until tensors are asked for.
+
+It is a read-only mapping from tensor names to tensors: ``ckpt["model.fc.weight"]``
+fetches only that tensor's blobs on first access and keeps it, ``"name" in ckpt``,
+``len(ckpt)`` and iteration read the manifest alone.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from castore.snapshot.refs import Role
+from castore.api.load import load_tensors
+from castore.snapshot.select import unknown_key, visible_names
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from datetime import datetime
 
-    from castore.api.load import MapLocation
+    import torch
+
+    from castore.api.load import Keys, MapLocation
+    from castore.api.load_into import IncompatibleKeys
     from castore.api.run import Run
     from castore.manifest.records import CheckpointRecord
 
@@ -17,7 +27,7 @@ __all__ = ["Checkpoint"]
 
 
 class Checkpoint:
-    """One checkpoint of a run: its manifest row now, its tensors on ``load()``.
+    """One checkpoint of a run: its manifest row now, its tensors when asked for.
 
     ``follow()`` yields these, and ``run.open(epoch)`` returns one.
     """
@@ -25,6 +35,7 @@ class Checkpoint:
     def __init__(self, run: Run, epoch: int) -> None:
         self.run = run
         self.epoch = epoch
+        self._tensors: dict[str, torch.Tensor] = {}
 
     def __repr__(self) -> str:
         return f"castore.Checkpoint({self.run.name!r}, epoch={self.epoch})"
@@ -48,10 +59,57 @@ class Checkpoint:
 
     def keys(self) -> list[str]:
         """Names of the checkpoint's tensors (``model.fc.weight``...), in tree order."""
-        return [ref.name for ref in self.record.tensors if ref.role != Role.STORAGE]
+        return visible_names(self.record.tensors)
 
-    def load(self, *, map_location: MapLocation = None) -> Any:
-        return self.run.load(self.epoch, map_location=map_location)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in set(self.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        """The tensor called ``key`` (a name from ``keys()``, no patterns), on the CPU.
+
+        Only its blobs are fetched, on first access; later accesses return the same tensor.
+
+        Raises:
+            NotFoundError: no tensor of that name; it is also a ``KeyError``.
+        """
+        if key not in self._tensors:
+            if key not in self:
+                raise unknown_key(str(key), self.keys())
+            store = self.run.store
+            self._tensors.update(
+                load_tensors(store.blobs, self.record, [key], transfer=store.options.transfer)
+            )
+        return self._tensors[key]
+
+    def load(
+        self,
+        *,
+        keys: Keys = None,
+        mmap: bool = False,
+        map_location: MapLocation = None,
+        verify: bool = True,
+    ) -> Any:
+        """The checkpoint's tree, or the part ``keys`` selects; see ``Run.load``."""
+        return self.run.load(
+            self.epoch, keys=keys, mmap=mmap, map_location=map_location, verify=verify
+        )
+
+    def load_into(
+        self,
+        module: torch.nn.Module,
+        *,
+        strict: bool = True,
+        prefix: str | None = None,
+        verify: bool = True,
+    ) -> IncompatibleKeys:
+        """Write this checkpoint into ``module``'s parameters; see ``Run.load_into``."""
+        return self.run.load_into(module, self.epoch, strict=strict, prefix=prefix, verify=verify)
 
     def annotate(self, metrics: dict[str, object]) -> None:
         self.run.annotate(self.epoch, metrics)

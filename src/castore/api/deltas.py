@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from castore.api.fetch import fetch_into
 from castore.codec.frame import encode_frame_parts
 from castore.codec.header import unpack_header
+from castore.snapshot.fetch import fetch_into
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

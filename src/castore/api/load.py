@@ -1,42 +1,51 @@
-"""load_checkpoint: read part -> fetch blobs concurrently -> decode and verify -> rebuild.
+"""load_checkpoint: read part -> select -> fetch blobs concurrently -> decode and verify -> rebuild.
 
-Each blob is fetched once even when a pack serves many tensors; its decoded bytes are
-copied straight into the preallocated tensors, and its digest is verified before any of
-it is used.
+Each blob is fetched once even when a pack serves many tensors, and decoded straight into
+the memory its bytes belong in: fresh CPU tensors, pinned host buffers that are copied to
+a GPU as each tensor completes, or the local file an mmap load maps (``snapshot.mmap_file``).
+A partial load (``keys``) fetches only the blobs of the tensors it selects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from castore._concurrency import bounded_map
+from castore._config import CacheOptions, default_cache_dir
 from castore.api.progress import progress_bar
-from castore.blobstore.digest import Digest
-from castore.codec.frame import decode_frame_into
-from castore.errors import CastoreError, IntegrityError
+from castore.blobstore.store import CachedBlobStore
+from castore.errors import CastoreError, InvalidCheckpointError
+from castore.snapshot.dtypes import dtype_of
+from castore.snapshot.fetch import MemoryDestination, fetch_jobs, plan_jobs
+from castore.snapshot.mmap_file import MmapCache, load_mapped
 from castore.snapshot.rebuild import allocate, assemble, byte_view, check_refs
-from castore.snapshot.refs import Role
+from castore.snapshot.select import needed_refs, select, visible_names
 from castore.snapshot.tree import unflatten_tree
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from castore._config import TransferOptions
     from castore.blobstore.store import BlobStore
     from castore.manifest.records import CheckpointRecord
+    from castore.snapshot.refs import TensorRef
 
-__all__ = ["MapLocation", "load_checkpoint"]
+__all__ = ["Keys", "MapLocation", "load_checkpoint", "load_tensors", "mmap_cache_for"]
 
 MapLocation = str | torch.device | None
+Keys = str | Sequence[str] | None
 
 
-@dataclass(slots=True)
-class _BlobJob:
-    digest: str
-    blob_length: int
-    targets: list[tuple[str, int, int, int]] = field(default_factory=list)
+def mmap_cache_for(blobs: BlobStore) -> MmapCache:
+    """``mmap/`` beside the blob cache when there is one, else in the default cache dir."""
+    if isinstance(blobs, CachedBlobStore):
+        directory, max_bytes = blobs.cache.directory, blobs.cache.max_bytes
+    else:
+        directory, max_bytes = default_cache_dir(), CacheOptions().max_bytes
+    return MmapCache(os.path.join(directory, "mmap"), max_bytes)
 
 
 def load_checkpoint(
@@ -46,77 +55,126 @@ def load_checkpoint(
     transfer: TransferOptions,
     map_location: MapLocation = None,
     progress: bool | None = None,
+    keys: Keys = None,
+    mmap: bool = False,
+    verify: bool = True,
 ) -> Any:
-    """Rebuild the saved tree; tensors land on ``map_location`` (CPU by default)."""
-    refs = record.tensors
-    check_refs(refs)
-    data = allocate(refs)
-    destinations = {name: byte_view(tensor) for name, tensor in data.items()}
+    """Rebuild the saved tree, or the sub-tree ``keys`` selects (see ``snapshot.select``).
 
-    jobs: dict[str, _BlobJob] = {}
-    for ref in refs:
-        position = 0
-        for chunk in ref.chunks:
-            job = jobs.setdefault(chunk.digest, _BlobJob(chunk.digest, chunk.blob_length))
-            job.targets.append((ref.name, position, chunk.offset, chunk.length))
-            position += chunk.length
+    Tensors land on ``map_location`` (CPU by default); ``mmap`` returns CPU tensors that
+    map a local file (copied to ``map_location`` if that is another device).
+    """
+    check_refs(record.tensors)
+    if keys is None:
+        refs: Sequence[TensorRef] = record.tensors
+        skeleton = record.skeleton
+        names = visible_names(refs)
+    else:
+        patterns = [keys] if isinstance(keys, str) else list(keys)
+        if not patterns:
+            raise InvalidCheckpointError("keys is empty; pass keys=None to load everything")
+        selection = select(record.skeleton, record.tensors, patterns)
+        refs, skeleton, names = selection.refs, selection.skeleton, list(selection.names)
+    tensors = _load_refs(
+        blobs, record, refs, transfer, map_location, progress=progress, mmap=mmap, verify=verify
+    )
+    return unflatten_tree(skeleton, [tensors[name] for name in names])
 
-    def fetch(job: _BlobJob) -> None:
-        (name, position, offset, length), *others = job.targets
-        whole = not others and offset == 0 and length == job.blob_length
-        out = (
-            destinations[name][position : position + length]
-            if whole
-            else np.empty(job.blob_length, dtype=np.uint8)
-        )
-        try:
-            _fetch_into(blobs, Digest(job.digest), out)
-        except CastoreError as exc:
-            exc.tensor = exc.tensor or name
-            raise
-        if not whole:
-            for name, position, offset, length in job.targets:
-                destinations[name][position : position + length] = out[offset : offset + length]
 
-    total = sum(job.blob_length for job in jobs.values())
+def load_tensors(
+    blobs: BlobStore,
+    record: CheckpointRecord,
+    names: Iterable[str],
+    *,
+    transfer: TransferOptions,
+    verify: bool = True,
+) -> dict[str, torch.Tensor]:
+    """The named tensors (exact entry names), on the CPU, fetching only their blobs.
+
+    Raises:
+        UnknownKeyError: a name that is not a tensor of the checkpoint (also a KeyError).
+    """
+    check_refs(record.tensors)
+    refs = needed_refs(record.tensors, names)
+    return _load_refs(
+        blobs, record, refs, transfer, None, progress=False, mmap=False, verify=verify
+    )
+
+
+def _load_refs(
+    blobs: BlobStore,
+    record: CheckpointRecord,
+    refs: Sequence[TensorRef],
+    transfer: TransferOptions,
+    map_location: MapLocation,
+    *,
+    progress: bool | None,
+    mmap: bool,
+    verify: bool,
+) -> dict[str, torch.Tensor]:
+    """Every tensor of ``refs`` by name, ties rebuilt, on ``map_location``."""
+    device = torch.device(map_location) if map_location is not None else None
+    total = sum(chunk.length for ref in refs for chunk in ref.chunks)
     try:
         with progress_bar(total, "loading", progress) as bar:
-            bounded_map(
-                fetch,
-                list(jobs.values()),
-                size_of=lambda job: job.blob_length,
-                workers=transfer.workers,
-                max_in_flight_bytes=transfer.max_in_flight_bytes,
-                on_result=lambda job, _: bar.update(job.blob_length),
-            )
+            if mmap:
+                data = load_mapped(
+                    blobs,
+                    refs,
+                    cache=mmap_cache_for(blobs),
+                    transfer=transfer,
+                    verify=verify,
+                    on_bytes=bar.update,
+                )
+            elif device is not None and device.type == "cuda":
+                data = _load_to_cuda(blobs, refs, device, transfer, verify, bar.update)
+            else:
+                data = allocate(refs)
+                destination = MemoryDestination({n: byte_view(t) for n, t in data.items()})
+                fetch_jobs(
+                    blobs,
+                    plan_jobs(refs),
+                    destination,
+                    transfer=transfer,
+                    verify=verify,
+                    on_bytes=bar.update,
+                )
     except CastoreError as exc:
         exc.run, exc.epoch = record.run, record.epoch
         raise
-
-    device = torch.device(map_location) if map_location is not None else None
-    tensors = assemble(refs, data, device)
-    leaves = [tensors[ref.name] for ref in refs if ref.role != Role.STORAGE]
-    return unflatten_tree(record.skeleton, leaves)
+    return assemble(refs, data, device)
 
 
-def _fetch_into(
-    blobs: BlobStore, digest: Digest, out: np.ndarray, *, from_store: bool = False
-) -> None:
-    """Fetch one blob, decode it into ``out`` and verify it there; a delta frame's base is
-    fetched the same way.
+def _load_to_cuda(
+    blobs: BlobStore,
+    refs: Sequence[TensorRef],
+    device: torch.device,
+    transfer: TransferOptions,
+    verify: bool,
+    on_bytes: Callable[[int], None],
+) -> dict[str, torch.Tensor]:
+    """Decode into pinned host tensors and copy each to ``device`` asynchronously as soon
+    as all its blobs are in, so transfers overlap decoding; synchronize before returning."""
+    host: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    for ref in refs:
+        if ref.has_data:
+            dtype = dtype_of(ref.dtype, tensor=ref.name)
+            host[ref.name] = torch.empty(ref.shape, dtype=dtype, pin_memory=True)
+            out[ref.name] = torch.empty(ref.shape, dtype=dtype, device=device)
 
-    A frame that fails verification is fetched once more from the store when the first
-    copy came from the local cache (then discarded): the store's copy decides.
-    """
+    def copy(name: str) -> None:
+        out[name].copy_(host[name], non_blocking=True)
 
-    def base_bytes(base: str) -> np.ndarray:
-        decoded = np.empty(out.size, dtype=np.uint8)
-        _fetch_into(blobs, Digest(base), decoded)
-        return decoded
-
-    try:
-        decode_frame_into(blobs.get(digest), out, digest=digest, get_base=base_bytes)
-    except IntegrityError:
-        if from_store or not blobs.discard_cached(digest):
-            raise
-        _fetch_into(blobs, digest, out, from_store=True)
+    destination = MemoryDestination({n: byte_view(t) for n, t in host.items()})
+    fetch_jobs(
+        blobs,
+        plan_jobs(refs),
+        destination,
+        transfer=transfer,
+        verify=verify,
+        on_bytes=on_bytes,
+        on_entry=copy,
+    )
+    torch.cuda.current_stream(device).synchronize()
+    return out

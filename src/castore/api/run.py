@@ -12,10 +12,12 @@ import torch
 
 from castore.api.checkpoint import Checkpoint
 from castore.api.handle import SaveHandle
-from castore.api.load import MapLocation, load_checkpoint
+from castore.api.load import Keys, MapLocation, load_checkpoint
+from castore.api.load_into import IncompatibleKeys, load_into_module
 from castore.api.save import SaveInfo, save_checkpoint
 from castore.api.validate import check_epoch, check_metrics, check_step
 from castore.errors import CastoreError, ConflictError, InvalidCheckpointError, NotFoundError
+from castore.maintenance.retention import RetentionPlan, forget_checkpoint, plan_retention
 from castore.manifest.annotations import AnnotationReader, merge_metrics, write_annotation
 from castore.manifest.query import concat_summaries
 from castore.manifest.reader import list_epochs, read_part, read_summary
@@ -23,7 +25,7 @@ from castore.manifest.schema import check_metric_name
 from castore.snapshot.host_copy import copy_to_host
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
     import pandas as pd
     import pyarrow as pa
@@ -132,43 +134,93 @@ class Run:
         *,
         best: str | None = None,
         map_location: MapLocation = None,
+        keys: Keys = None,
+        mmap: bool = False,
+        verify: bool = True,
     ) -> Any:
         """Load a checkpoint: ``epoch``, the best by a metric, or by default the latest.
 
         ``best="score"`` picks the highest score, ``best="-loss"`` the lowest loss.
-        Tensors come back bit-identical, on the CPU unless ``map_location`` says otherwise.
+        Tensors come back bit-identical, on the CPU unless ``map_location`` says otherwise
+        (a GPU is filled from pinned buffers, asynchronously, then synchronized).
+        ``keys`` (glob patterns over ``Checkpoint.keys()`` names, e.g. ``"model.*"``)
+        loads only the matching tensors and returns the sub-tree that holds them.
+        ``mmap=True`` returns tensors that map one local file under the cache directory,
+        built on first use and reused after, so memory holds only the pages touched.
+        ``verify=False`` skips the BLAKE3 check, for trusted local stores only.
 
         Raises:
-            NotFoundError: no such epoch, an empty run, or no checkpoint with the metric.
+            NotFoundError: no such epoch, an empty run, no checkpoint with the metric, or
+                a key that matches nothing (also a ``KeyError``).
             IntegrityError: a blob does not match its digest; nothing is returned.
         """
-        if epoch is not None and best is not None:
-            raise InvalidCheckpointError("pass either epoch or best, not both")
-        if best is not None:
-            epoch = self.best(best)
-        elif epoch is None:
-            epoch = self.latest()
-            if epoch is None:
-                raise NotFoundError(f"run '{self.name}' has no checkpoints", run=self.name)
+        epoch = self._pick(epoch, best)
         with self._context("loading", epoch):
-            record = self.record(check_epoch(epoch))
             return load_checkpoint(
                 self.store.blobs,
-                record,
+                self.record(epoch),
                 transfer=self.store.options.transfer,
                 map_location=map_location,
                 progress=self.store.options.progress,
+                keys=keys,
+                mmap=mmap,
+                verify=verify,
             )
 
-    def open(self, epoch: int | None = None) -> Checkpoint:
-        """A handle on checkpoint ``epoch`` (the latest by default) without loading tensors."""
+    def load_into(
+        self,
+        module: torch.nn.Module,
+        epoch: int | None = None,
+        *,
+        best: str | None = None,
+        strict: bool = True,
+        prefix: str | None = None,
+        verify: bool = True,
+    ) -> IncompatibleKeys:
+        """Write a checkpoint straight into ``module``'s parameters and buffers.
+
+        Checkpoint tensor ``prefix + key`` goes to state-dict key ``key``; without
+        ``prefix`` the one matching most keys is found (``"model."`` for a checkpoint
+        saved as ``{"model": model.state_dict(), ...}``). Only those tensors' blobs are
+        fetched, decoded into the parameters' memory where dtype and layout allow.
+        Returns ``(missing_keys, unexpected_keys)`` like ``load_state_dict``.
+
+        Raises:
+            InvalidCheckpointError: a shape differs, or with ``strict`` a key is missing
+                or unexpected; the module is left unchanged.
+        """
+        epoch = self._pick(epoch, best)
+        with self._context("loading", epoch):
+            return load_into_module(
+                self.store.blobs,
+                self.record(epoch),
+                module,
+                strict=strict,
+                prefix=prefix,
+                transfer=self.store.options.transfer,
+                verify=verify,
+            )
+
+    def open(self, epoch: int | None = None, *, best: str | None = None) -> Checkpoint:
+        """A handle on checkpoint ``epoch`` (the latest by default, or the ``best`` by a
+        metric) that fetches tensors only when they are asked for."""
+        epoch = self._pick(epoch, best, "opening")
+        with self._context("opening", epoch):
+            self.record(epoch)
+        return Checkpoint(self, epoch)
+
+    def _pick(self, epoch: int | None, best: str | None, doing: str = "loading") -> int:
+        """The epoch a load means: ``epoch``, the ``best`` by a metric, or the latest."""
+        if epoch is not None and best is not None:
+            raise InvalidCheckpointError("pass either epoch or best, not both")
+        if best is not None:
+            return self.best(best)
         if epoch is None:
             epoch = self.latest()
             if epoch is None:
                 raise NotFoundError(f"run '{self.name}' has no checkpoints", run=self.name)
-        with self._context("opening", epoch):
-            self.record(check_epoch(epoch))
-        return Checkpoint(self, epoch)
+        with self._context(doing, epoch):
+            return check_epoch(epoch)
 
     def annotate(self, epoch: int, metrics: Mapping[str, object]) -> None:
         """Attach metrics to a committed checkpoint (an evaluator's score).
@@ -291,3 +343,62 @@ class Run:
             if note not in getattr(exc, "__notes__", ()):
                 exc.add_note(note)
             raise
+
+    def delete(self, epoch: int) -> None:
+        """Forget checkpoint ``epoch``: its manifest part and metrics parts go now; its
+        blobs stay until garbage collection finds them unreferenced by any checkpoint
+        (two ``store.gc()`` passes at least the grace period apart).
+
+        Raises:
+            NotFoundError: the epoch is not committed.
+        """
+        self.wait()
+        with self._context("deleting", epoch):
+            epoch = check_epoch(epoch)
+            if epoch not in self.epochs():
+                raise NotFoundError(f"run '{self.name}' has no checkpoint at epoch {epoch}")
+            forget_checkpoint(self.store.location, self.name, epoch)
+        self._forget_cached([epoch])
+
+    def retain(
+        self,
+        *,
+        keep_last: int = 0,
+        keep_best: int = 0,
+        metric: str = "score",
+        dry_run: bool = False,
+    ) -> RetentionPlan:
+        """Keep the last ``keep_last`` checkpoints and the best ``keep_best`` by ``metric``
+        (highest; ``"-loss"`` for lowest; annotated values count); forget the others,
+        unless ``dry_run``. Returns the plan: each epoch, kept or not, and why.
+
+        Raises:
+            InvalidCheckpointError: both counts zero, or a negative count.
+            NotFoundError: ``keep_best`` ranks by a metric no checkpoint has; nothing
+                was forgotten.
+        """
+        self.wait()
+        table = self.summary_table()
+        epochs = table.column("epoch").to_pylist()
+        values: dict[int, float | None] = {}
+        if keep_best:
+            name = check_metric_name(metric.removeprefix("-"))
+            if name in table.column_names:
+                values = dict(zip(epochs, table.column(name).to_pylist(), strict=True))
+        plan = plan_retention(
+            self.name, epochs, values, keep_last=keep_last, keep_best=keep_best, metric=metric
+        )
+        if not dry_run:
+            try:
+                plan.execute(self.store.location)
+            finally:
+                self._forget_cached(plan.forgotten)
+        return plan
+
+    def _forget_cached(self, epochs: Iterable[int]) -> None:
+        """Drop what this Run remembers of deleted checkpoints: the epoch may be saved again."""
+        for epoch in epochs:
+            self._records.pop(epoch, None)
+            self._summaries.pop(epoch, None)
+            if self._memo is not None and self._memo.epoch == epoch:
+                self._memo = None

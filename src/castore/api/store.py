@@ -23,6 +23,10 @@ from castore.blobstore.location import Location, open_location
 from castore.blobstore.store import BlobStore, CachedBlobStore
 from castore.errors import CastoreError, ConflictError, FormatError, IntegrityError, NotFoundError
 from castore.maintenance.accounting import StoreUsage, measure_usage
+from castore.maintenance.diff import CheckpointDiff, plan_diff
+from castore.maintenance.gc import GcReport, plan_gc
+from castore.maintenance.repair import RepairReport, repair_blobs
+from castore.maintenance.verify import VerifyReport, plan_verify
 from castore.manifest.query import concat_summaries, run_query
 from castore.manifest.reader import list_runs
 
@@ -107,6 +111,70 @@ class Store:
             table = self.run(name).summary_table()
             logical.extend(table.column("logical_bytes").to_pylist())
         return measure_usage(self.blobs, runs=len(runs), logical_bytes=logical)
+
+    def gc(
+        self, *, grace_s: float = 3600.0, dry_run: bool = False, now: float | None = None
+    ) -> GcReport:
+        """One garbage collection pass: delete the candidates an earlier pass recorded at
+        least ``grace_s`` seconds ago that no checkpoint references now, then record the
+        unreferenced blobs older than ``grace_s`` for a later pass. Safe while others
+        save, load and annotate, provided no save runs longer than ``grace_s``
+        (docs/operations.md). ``dry_run`` only reports; ``now`` stands in for the clock.
+
+        Raises:
+            IntegrityError: a manifest part or gc record is unreadable; nothing deleted.
+        """
+        workers = self.options.transfer.workers
+        plan = plan_gc(self._uncached_blobs(), grace_s=grace_s, workers=workers, now=now)
+        if dry_run:
+            return plan.preview()
+        return plan.execute(self.location, workers=workers, now=now)
+
+    def verify(self, run: str | None = None) -> VerifyReport:
+        """Read back every blob that the checkpoints of ``run`` (default: every run) need,
+        from the store itself (never the local cache), decode and hash it; the report
+        names each missing or corrupt blob with the checkpoints and tensors it breaks.
+
+        Raises:
+            NotFoundError: ``run`` has no checkpoints.
+        """
+        if run is not None:
+            check_run_name(run)
+        transfer = self.options.transfer
+        plan = plan_verify(self.location, run=run, workers=transfer.workers)
+        return plan.execute(
+            self._uncached_blobs(),
+            workers=transfer.workers,
+            max_in_flight_bytes=transfer.max_in_flight_bytes,
+        )
+
+    def repair(self, report: VerifyReport, source: str, **storage_options: object) -> RepairReport:
+        """Restore the blobs ``report`` found missing or corrupt from ``source``: a replica
+        store's URL or a blob cache directory. Each is verified before it is written
+        back and checked again after."""
+        location = open_location(source, storage_options, self.location.retry)
+        return repair_blobs(
+            report.problems,
+            target=self._uncached_blobs(),
+            source=BlobStore(location, self.options.transfer),
+            workers=self.options.transfer.workers,
+        )
+
+    def diff(self, run_a: str, epoch_a: int, run_b: str, epoch_b: int) -> CheckpointDiff:
+        """Tensors added, removed and changed from one checkpoint to another, with the
+        largest absolute difference of each changed one; unchanged tensors (equal chunk
+        digests) are not read.
+
+        Raises:
+            NotFoundError: either checkpoint does not exist.
+        """
+        a = self.run(run_a).record(epoch_a)
+        b = self.run(run_b).record(epoch_b)
+        return plan_diff(a, b).execute(self.blobs, workers=self.options.transfer.workers)
+
+    def _uncached_blobs(self) -> BlobStore:
+        """The store's own blobs, bypassing any local cache: maintenance judges the store."""
+        return BlobStore(self.location, self.options.transfer)
 
 
 def open_store(

@@ -6,6 +6,8 @@ blobs/<d[0:2]>/<d[2:4]>/<d>                    blob frames
 runs/<run>/manifest/<epoch:010d>.parquet       one immutable part per commit
 runs/<run>/metrics/<epoch:010d>-<us:016d>-<id>.parquet
                                                metrics attached later, one part each
+gc/pending-<us:016d>-<id>.json                 garbage collection candidates of one pass
+<any key>.tmp-<32 hex>                         a local write in progress (or crashed)
 ```
 """
 
@@ -18,6 +20,7 @@ from castore.errors import InvalidCheckpointError
 
 __all__ = [
     "BLOBS_PREFIX",
+    "GC_PREFIX",
     "MAX_EPOCH",
     "RUNS_PREFIX",
     "STORE_CONFIG_KEY",
@@ -25,9 +28,12 @@ __all__ = [
     "annotation_prefix",
     "blob_key",
     "check_run_name",
+    "gc_pending_key",
+    "is_temporary_key",
     "manifest_prefix",
     "parse_annotation_name",
     "parse_blob_key",
+    "parse_gc_pending_name",
     "parse_part_name",
     "part_key",
 ]
@@ -35,11 +41,14 @@ __all__ = [
 STORE_CONFIG_KEY = "castore.json"
 BLOBS_PREFIX = "blobs"
 RUNS_PREFIX = "runs"
+GC_PREFIX = "gc"
 MAX_EPOCH = 10**10 - 1
 
 _RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}")
 _PART_NAME_RE = re.compile(r"(\d{10})\.parquet")
 _ANNOTATION_NAME_RE = re.compile(r"(\d{10})-(\d{16})-[0-9a-f]{8}\.parquet")
+_GC_PENDING_NAME_RE = re.compile(r"pending-(\d{16})-[0-9a-f]{8}\.json")
+_TEMPORARY_RE = re.compile(r".+\.tmp-[0-9a-f]{32}")
 
 
 def check_run_name(run: object) -> str:
@@ -106,3 +115,19 @@ def parse_annotation_name(name: str) -> tuple[int, int] | None:
     """(epoch, created_us) of an annotation part's file name, or None for foreign files."""
     match = _ANNOTATION_NAME_RE.fullmatch(name.rsplit("/", 1)[-1])
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def gc_pending_key(created_us: int, unique: str) -> str:
+    """A fresh key per garbage collection pass, named by when it was recorded."""
+    return f"{GC_PREFIX}/pending-{created_us:016d}-{unique[:8]}.json"
+
+
+def parse_gc_pending_name(name: str) -> int | None:
+    """The creation time (microseconds) a pending record's name encodes, or None."""
+    match = _GC_PENDING_NAME_RE.fullmatch(name.rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else None
+
+
+def is_temporary_key(key: str) -> bool:
+    """Whether ``key`` is a temporary file of a local write (``<key>.tmp-<32 hex>``)."""
+    return _TEMPORARY_RE.fullmatch(key.rsplit("/", 1)[-1]) is not None

@@ -13,6 +13,7 @@ import os
 import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import fsspec
@@ -32,13 +33,28 @@ if TYPE_CHECKING:
 
     from fsspec import AbstractFileSystem
 
-__all__ = ["Location", "open_location"]
+__all__ = ["FileStat", "Location", "open_location"]
 
 T = TypeVar("T")
 
 # MemoryFileSystem checks then writes; one lock makes its exclusive create atomic within
 # the process, which is all a memory filesystem spans.
 _MEMORY_CREATE_LOCK = threading.Lock()
+
+
+# Where each fsspec backend reports a file's modification time: local disk "mtime" (a
+# float), gcsfs "mtime" (a datetime) or "updated" (ISO text), s3fs "LastModified" (a
+# datetime), memory "created" (a float from find, a datetime from info).
+_MTIME_FIELDS = ("mtime", "LastModified", "updated", "created")
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """A file's size and modification time in seconds since the Unix epoch (None when
+    the backend reports none)."""
+
+    size: int
+    mtime_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +168,34 @@ class Location:
 
         return self._io(f"listing {prefix}", sizes)
 
+    def find_stats(self, prefix: str) -> dict[str, FileStat]:
+        """Every file under ``prefix``, recursively, with its size and modification time."""
+        path = self.path(prefix)
+        start = len(self.root) + 1
+
+        def stats() -> dict[str, FileStat]:
+            self.fs.invalidate_cache(path)
+            try:
+                found = self.fs.find(path, detail=True)
+            except FileNotFoundError:
+                return {}
+            return {p[start:]: _file_stat(info) for p, info in found.items()}
+
+        return self._io(f"listing {prefix or '/'}", stats)
+
+    def stat(self, key: str) -> FileStat | None:
+        """Size and modification time of ``key`` asked afresh, or None if it is gone."""
+        path = self.path(key)
+
+        def info() -> FileStat:
+            self.fs.invalidate_cache(path)
+            return _file_stat(self.fs.info(path))
+
+        try:
+            return self._io(f"checking {key}", info)
+        except NotFoundError:
+            return None
+
     def delete(self, key: str) -> None:
         """Remove ``key``; a key that is already gone counts as deleted on every backend."""
         try:
@@ -187,6 +231,26 @@ def open_location(
     with backend_errors("opening the store", url=url):
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     return Location(fs=fs, root=root.rstrip("/"), url=url, retry=retry or RetryPolicy())
+
+
+def _file_stat(info: dict[str, object]) -> FileStat:
+    return FileStat(size=int(info.get("size") or 0), mtime_s=_mtime_s(info))  # type: ignore[call-overload]
+
+
+def _mtime_s(info: dict[str, object]) -> float | None:
+    """The modification time in ``info``, whichever field and type the backend uses."""
+    for name in _MTIME_FIELDS:
+        value = info.get(name)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return None
 
 
 def _write_local(path: str, parts: Sequence[Buffer], *, exclusive: bool) -> None:

@@ -3,16 +3,28 @@
 Blobs are immutable and content-addressed, so a put that finds the key already there
 (or races another writer of the same digest) is harmless: both wrote the same bytes.
 ``CachedBlobStore`` wraps one with a local read-through cache for remote stores.
+
+Blobs that garbage collection has recorded as candidates (``gc/pending-*.json``) count
+as absent in ``has_many``: a save then writes them again rather than rely on a blob the
+next gc pass may delete, and gc keeps a candidate whose modification time has changed.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 from typing import TYPE_CHECKING
 
 from castore._concurrency import bounded_map
 from castore._config import TransferOptions
 from castore.blobstore.digest import Digest, short
-from castore.blobstore.layout import BLOBS_PREFIX, blob_key, parse_blob_key
+from castore.blobstore.layout import (
+    BLOBS_PREFIX,
+    GC_PREFIX,
+    blob_key,
+    parse_blob_key,
+    parse_gc_pending_name,
+)
 from castore.blobstore.stats import TransferCounter, TransferStats
 from castore.errors import BlobNotFoundError, NotFoundError
 
@@ -24,7 +36,7 @@ if TYPE_CHECKING:
     Buffer = bytes | memoryview | np.ndarray
 
     from castore.blobstore.cache import LocalBlobCache
-    from castore.blobstore.location import Location
+    from castore.blobstore.location import FileStat, Location
 
 __all__ = ["BlobStore", "CachedBlobStore"]
 
@@ -36,6 +48,8 @@ class BlobStore:
         self.location = location
         self.transfer = transfer or TransferOptions()
         self.counter = TransferCounter()
+        self._pending: dict[str, frozenset[Digest]] = {}
+        self._pending_lock = threading.Lock()
 
     def stats(self) -> TransferStats:
         return self.counter.snapshot()
@@ -74,15 +88,19 @@ class BlobStore:
         return False
 
     def has_many(self, digests: Iterable[Digest]) -> set[Digest]:
-        """The subset of ``digests`` present in the store.
+        """The subset of ``digests`` present in the store and not recorded by garbage
+        collection as candidates for deletion (see the module docstring).
 
         Local disk answers a stat per digest. Object stores are asked with one concurrent
         LIST per blob folder instead: s3fs answers a missing key's ``exists`` with a HEAD
         and then a listing, three requests where one LIST serves every digest it holds.
         """
         unique = sorted(set(digests))
+        if not unique:
+            return set()
+        pending = self.pending_deletions()
         if self.location.is_local:
-            return {d for d in unique if self.location.exists(blob_key(d))}
+            return {d for d in unique if d not in pending and self.location.exists(blob_key(d))}
         folders = sorted({blob_key(d).rsplit("/", 1)[0] for d in unique})
         listed = bounded_map(
             self.location.list_names,
@@ -92,7 +110,28 @@ class BlobStore:
             max_in_flight_bytes=1,
         )
         names = {name for names in listed for name in names}
-        return {d for d in unique if d in names}
+        return {d for d in unique if d in names and d not in pending}
+
+    def pending_deletions(self) -> frozenset[Digest]:
+        """Digests recorded as garbage collection candidates by some pending record.
+
+        Records are immutable, so each is read once per BlobStore; one listing of
+        ``gc/`` per call finds new ones and forgets swept ones.
+        """
+        names = [n for n in self.location.list_names(GC_PREFIX) if parse_gc_pending_name(n)]
+        with self._pending_lock:
+            self._pending = {n: d for n, d in self._pending.items() if n in names}
+        for name in names:
+            if name not in self._pending:
+                try:
+                    data = self.location.read(f"{GC_PREFIX}/{name}")
+                except NotFoundError:  # swept by a gc pass since the listing
+                    continue
+                digests = _pending_digests(data)
+                with self._pending_lock:
+                    self._pending[name] = digests
+        with self._pending_lock:
+            return frozenset().union(*self._pending.values())
 
     def sizes(self) -> dict[Digest, int]:
         """Every blob in the store with its stored (frame) size; foreign files are ignored."""
@@ -104,8 +143,29 @@ class BlobStore:
                 sizes[digest] = size
         return sizes
 
+    def listing(self) -> dict[Digest, FileStat]:
+        """Every blob with its stored size and modification time; foreign files ignored."""
+        found = self.location.find_stats(BLOBS_PREFIX)
+        stats: dict[Digest, FileStat] = {}
+        for key, stat in found.items():
+            digest = parse_blob_key(key)
+            if digest is not None:
+                stats[digest] = stat
+        return stats
+
     def delete(self, digest: Digest) -> None:
         self.location.delete(blob_key(digest))
+
+
+def _pending_digests(data: bytes) -> frozenset[Digest]:
+    """The blob digests a pending record lists (its format: maintenance.gc). gc refuses
+    a malformed record and deletes nothing it lists, so none of it counts as pending."""
+    try:
+        keys = [entry[0] for entry in json.loads(data)["candidates"]]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return frozenset()
+    digests = (parse_blob_key(key) for key in keys if isinstance(key, str))
+    return frozenset(d for d in digests if d is not None)
 
 
 class CachedBlobStore(BlobStore):

@@ -15,7 +15,7 @@ import sys
 import traceback
 from importlib.metadata import PackageNotFoundError, version
 
-from castore.cli import commands
+from castore.cli import commands, maintenance
 from castore.cli.render import format_error
 from castore.errors import CastoreError
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command line; each subcommand sets ``func`` to its command function."""
     parser = argparse.ArgumentParser(
         prog="castore",
-        description="Content-addressed checkpoint store for PyTorch: inspect runs and stores.",
+        description="Content-addressed checkpoint store for PyTorch: inspect and maintain stores.",
     )
     parser.add_argument("--version", action="version", version=f"castore {_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, help="stop after this many seconds without news"
     )
     follow.set_defaults(func=commands.cmd_follow)
+    maintenance.add_commands(sub, parents=[reading])
 
     demo = sub.add_parser(
         "demo", parents=[common], help="train a small CartPole policy, checkpointing each epoch"

@@ -1,0 +1,205 @@
+"""Fetching blobs for a load: each blob once, decoded where its bytes go, on threads.
+
+A blob that is exactly one entry's range (every chunk of a large tensor) is decoded
+straight into its destination when the destination is memory; a pack, a partial range,
+or a file destination goes through a per-load scratch buffer. Digests are verified where
+the bytes are decoded, before any of them is used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from castore._concurrency import bounded_map
+from castore.blobstore.digest import Digest
+from castore.codec.frame import decode_frame_into
+from castore.errors import CastoreError, IntegrityError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
+    from castore._config import TransferOptions
+    from castore.blobstore.store import BlobStore
+    from castore.snapshot.refs import TensorRef
+
+__all__ = [
+    "BlobJob",
+    "Destination",
+    "MemoryDestination",
+    "Piece",
+    "ScratchPool",
+    "fetch_into",
+    "fetch_jobs",
+    "plan_jobs",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """``length`` bytes at ``offset`` in the decoded blob go to ``position`` in ``entry``."""
+
+    entry: str
+    position: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobJob:
+    digest: Digest
+    blob_length: int
+    pieces: tuple[Piece, ...]
+
+    @property
+    def whole(self) -> bool:
+        """True when the blob is one piece of one entry, nothing more."""
+        return len(self.pieces) == 1 and self.pieces[0].length == self.blob_length
+
+
+def plan_jobs(refs: Sequence[TensorRef]) -> list[BlobJob]:
+    """One job per distinct blob the data entries of ``refs`` reference, in first-use order."""
+    pieces: dict[str, list[Piece]] = {}
+    lengths: dict[str, int] = {}
+    for ref in refs:
+        position = 0
+        for chunk in ref.chunks:
+            pieces.setdefault(chunk.digest, []).append(
+                Piece(ref.name, position, chunk.offset, chunk.length)
+            )
+            lengths[chunk.digest] = chunk.blob_length
+            position += chunk.length
+    return [BlobJob(Digest(d), lengths[d], tuple(p)) for d, p in pieces.items()]
+
+
+class Destination(Protocol):
+    """Where decoded entry bytes go: memory to decode into, or a writer of copies."""
+
+    def view(self, entry: str, position: int, length: int) -> np.ndarray | None:
+        """Writable uint8 memory for these bytes of ``entry``, or None to use ``write``."""
+
+    def write(self, entry: str, position: int, data: np.ndarray) -> None:
+        """Store ``data`` as the bytes of ``entry`` from ``position`` on."""
+
+
+class MemoryDestination:
+    """Entries' bytes in memory: flat uint8 views of preallocated tensors, say."""
+
+    def __init__(self, buffers: Mapping[str, np.ndarray]) -> None:
+        self.buffers = buffers
+
+    def view(self, entry: str, position: int, length: int) -> np.ndarray:
+        return self.buffers[entry][position : position + length]
+
+    def write(self, entry: str, position: int, data: np.ndarray) -> None:
+        self.buffers[entry][position : position + data.size] = data
+
+
+class ScratchPool:
+    """Decode buffers reused across the blobs of one load: as many as run at once."""
+
+    def __init__(self) -> None:
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def take(self, size: int) -> Iterator[np.ndarray]:
+        with self._lock:
+            buffer = self._free.pop() if self._free else np.empty(0, dtype=np.uint8)
+        if buffer.size < size:
+            buffer = np.empty(size, dtype=np.uint8)
+        try:
+            yield buffer[:size]
+        finally:
+            with self._lock:
+                self._free.append(buffer)
+
+
+def fetch_into(blobs: BlobStore, digest: Digest, out: np.ndarray, *, verify: bool = True) -> None:
+    """Fetch one blob and decode it into ``out``, verifying it there unless ``verify`` is off.
+
+    A delta frame's base is fetched the same way. A frame that fails its check is fetched
+    once more from the store when the first copy came from the local cache (which is then
+    discarded): the store's copy decides.
+    """
+    _fetch_into(blobs, digest, out, verify=verify, from_store=False)
+
+
+def _fetch_into(
+    blobs: BlobStore, digest: Digest, out: np.ndarray, *, verify: bool, from_store: bool
+) -> None:
+    def base_bytes(base: str) -> np.ndarray:
+        decoded = np.empty(out.size, dtype=np.uint8)
+        _fetch_into(blobs, Digest(base), decoded, verify=verify, from_store=False)
+        return decoded
+
+    try:
+        decode_frame_into(blobs.get(digest), out, digest=digest, get_base=base_bytes, verify=verify)
+    except IntegrityError:
+        if from_store or not blobs.discard_cached(digest):
+            raise
+        _fetch_into(blobs, digest, out, verify=verify, from_store=True)
+
+
+def fetch_jobs(
+    blobs: BlobStore,
+    jobs: Sequence[BlobJob],
+    destination: Destination,
+    *,
+    transfer: TransferOptions,
+    verify: bool = True,
+    on_bytes: Callable[[int], None] | None = None,
+    on_entry: Callable[[str], None] | None = None,
+) -> None:
+    """Run ``jobs`` on ``transfer.workers`` threads within its in-flight byte budget.
+
+    ``on_bytes`` gets each finished blob's decoded length and ``on_entry`` each entry whose
+    pieces have all arrived, both on the calling thread (progress bars, device copies).
+    """
+    pool = ScratchPool()
+    remaining = Counter(piece.entry for job in jobs for piece in job.pieces)
+
+    def run(job: BlobJob) -> None:
+        try:
+            _run_job(blobs, job, destination, pool, verify)
+        except CastoreError as exc:
+            exc.tensor = exc.tensor or job.pieces[0].entry
+            raise
+
+    def finished(job: BlobJob, _: None) -> None:
+        if on_bytes is not None:
+            on_bytes(job.blob_length)
+        for piece in job.pieces:
+            remaining[piece.entry] -= 1
+            if on_entry is not None and remaining[piece.entry] == 0:
+                on_entry(piece.entry)
+
+    bounded_map(
+        run,
+        jobs,
+        size_of=lambda job: job.blob_length,
+        workers=transfer.workers,
+        max_in_flight_bytes=transfer.max_in_flight_bytes,
+        on_result=finished,
+    )
+
+
+def _run_job(
+    blobs: BlobStore, job: BlobJob, destination: Destination, pool: ScratchPool, verify: bool
+) -> None:
+    if job.whole:
+        piece = job.pieces[0]
+        out = destination.view(piece.entry, piece.position, piece.length)
+        if out is not None:
+            fetch_into(blobs, job.digest, out, verify=verify)
+            return
+    with pool.take(job.blob_length) as scratch:
+        fetch_into(blobs, job.digest, scratch, verify=verify)
+        for piece in job.pieces:
+            data = scratch[piece.offset : piece.offset + piece.length]
+            destination.write(piece.entry, piece.position, data)
