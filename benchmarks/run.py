@@ -30,7 +30,7 @@ import torch
 
 import castore
 from cases.castore_cases import bench_castore
-from cases.common import BenchState, MiB, Result, build_state
+from cases.common import BenchState, MiB, Result, aligned, build_state
 from cases.loads import bench_loads
 from cases.peers import bench_safetensors, bench_torch
 from cases.s3 import S3Result, bench_s3, describe_s3, moto_s3
@@ -302,21 +302,6 @@ def format_s3_table(results: Sequence[S3Result]) -> str:
         for r in results
     ]
     return aligned(head, rows, numeric={1, 2, 3, 4, 5, 6, 7})
-
-
-def aligned(head: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[int]) -> str:
-    """Columns padded to their widest cell, ``numeric`` ones right-aligned, under a rule."""
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = [
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        return "  ".join(cells).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(head), rule, *(line(row) for row in rows)])
 
 
 def human_bytes(n: int) -> str:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import castore
-from cases.common import MiB
+from cases.common import MiB, aligned
 from cases.training import RunResult, SideBySide, warm_up
 from cases.training_lm import LMConfig, LMTrainer, TinyGPT, read_corpus, trainable_tail
 from cases.training_rl import PPO, PPOConfig
@@ -345,21 +345,6 @@ def format_summary(results: Sequence[RunResult]) -> str:
         for r in results
     ]
     return aligned(head, rows, numeric=set(range(1, 13)) - {8})
-
-
-def aligned(head: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[int]) -> str:
-    """Columns padded to their widest cell, ``numeric`` ones right-aligned, under a rule."""
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-
-    def line(row: tuple[str, ...]) -> str:
-        cells = [
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        return "  ".join(cells).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(head), rule, *(line(row) for row in rows)])
 
 
 def human_bytes(n: int) -> str:

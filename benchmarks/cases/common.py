@@ -27,6 +27,7 @@ __all__ = [
     "BenchState",
     "MiB",
     "Result",
+    "aligned",
     "best_of",
     "build_state",
     "check_equal",
@@ -181,3 +182,18 @@ def tree_bytes(path: str) -> int:
     for folder, _, files in os.walk(path):
         total += sum(os.path.getsize(os.path.join(folder, name)) for name in files)
     return total
+
+
+def aligned(head: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[int]) -> str:
+    """Columns padded to their widest cell, ``numeric`` ones right-aligned, under a rule."""
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(head), rule, *(line(row) for row in rows)])
