@@ -20,14 +20,13 @@ import castore
 from tests.maintenance.crash_saver import CHUNKING, OPTIONS_ENV, RUN, state_for
 
 SCRIPT = Path(__file__).with_name("crash_saver.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Saver:
     """The crash_saver process: forks a child per trial; we kill the child."""
 
     def __init__(self, url: str, options: dict, log: Path) -> None:
-        env = {**os.environ, OPTIONS_ENV: json.dumps(options), "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, OPTIONS_ENV: json.dumps(options)}
         self.log = log
         self.child: int | None = None
         self._stderr = log.open("wb")

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import castore
 import castore.api.save as save_module
@@ -17,6 +19,7 @@ from castore.blobstore.layout import GC_PREFIX, blob_key, part_key
 from castore.codec.frame import encode_frame
 from castore.codec.hashing import hash_bytes
 from castore.maintenance.gc import plan_gc
+from castore.maintenance.pending import PendingRecord
 from castore.manifest.writer import write_part
 from tests.maintenance.helpers import has_blob, open_store, put_orphan
 
@@ -237,3 +240,10 @@ def test_forgotten_checkpoints_free_only_blobs_nothing_else_needs(store_url):
     assert store.verify().ok
     assert np.array_equal(other.load(0)["head"].numpy(), np.ones(4096, np.float32))
     assert torch.equal(run.load(3)["frozen"], frozen)
+
+
+@given(now=st.floats(min_value=1e9, max_value=4e9), grace=st.sampled_from([0.0, 1.0, 3600.0]))
+def test_a_record_stamped_now_is_due_exactly_grace_later(now, grace):
+    record = PendingRecord("gc/pending", int(now * 1_000_000), ())
+    assert record.is_older_than(grace, now_s=now + grace)
+    assert not record.is_older_than(grace, now_s=now + grace - 0.001)

@@ -159,7 +159,7 @@ def plan_gc(blobs: BlobStore, *, grace_s: float, workers: int, now: float | None
     location = blobs.location
     now_s = time.time() if now is None else now
     records = read_records(location)
-    eligible = [r for r in records if r.created_s <= now_s - grace_s]
+    eligible = [r for r in records if r.is_older_than(grace_s, now_s=now_s)]
     swept = {r.key for r in eligible}
     waiting = {c.key for r in records if r.key not in swept for c in r.candidates}
     reach = mark_reachable(location, workers=workers)

@@ -61,9 +61,17 @@ class GcCandidate:
 
 @dataclass(frozen=True, slots=True)
 class PendingRecord:
+    """A record's key, its stamp (microseconds since the Unix epoch, from its name), and
+    its candidates."""
+
     key: str
-    created_s: float
+    created_us: int
     candidates: tuple[GcCandidate, ...]
+
+    def is_older_than(self, grace_s: float, *, now_s: float) -> bool:
+        """Stamped at least ``grace_s`` before ``now_s``, compared in whole microseconds
+        as the stamp was taken, so a record stamped ``now`` is due at ``now`` with 0."""
+        return self.created_us <= int((now_s - grace_s) * 1_000_000)
 
 
 def read_records(location: Location) -> list[PendingRecord]:
@@ -82,8 +90,8 @@ def read_records(location: Location) -> list[PendingRecord]:
             data = location.read(key)
         except NotFoundError:  # swept by a concurrent pass
             continue
-        records.append(PendingRecord(key, created_us / 1e6, _parse(data, key, location.url)))
-    return sorted(records, key=lambda record: record.created_s)
+        records.append(PendingRecord(key, created_us, _parse(data, key, location.url)))
+    return sorted(records, key=lambda record: record.created_us)
 
 
 def write_record(

@@ -26,6 +26,7 @@ from castore.errors import (
 )
 from castore.maintenance.reachability import list_parts
 from castore.manifest.reader import read_part
+from castore.snapshot.fetch import fetch_into
 from castore.snapshot.refs import Role
 
 if TYPE_CHECKING:
@@ -215,22 +216,10 @@ def check_blob(blobs: BlobStore, target: BlobTarget) -> BlobProblem | None:
 
 
 def decode_blob(blobs: BlobStore, digest: Digest, length: int) -> np.ndarray:
-    """One blob's verified decoded bytes (``length`` of them), following delta bases.
-
-    A frame that fails verification is read once more from the store when the first
-    copy came from a local cache.
-    """
+    """One blob's verified decoded bytes (``length`` of them), following delta bases; a
+    corrupt copy from a local cache is dropped and read again from the store."""
     out = np.empty(length, np.uint8)
-
-    def base_bytes(base: str) -> np.ndarray:
-        return decode_blob(blobs, Digest(base), length)
-
-    try:
-        decode_frame_into(blobs.get(digest), out, digest=digest, get_base=base_bytes)
-    except IntegrityError:
-        if not blobs.discard_cached(digest):
-            raise
-        decode_frame_into(blobs.get(digest), out, digest=digest, get_base=base_bytes)
+    fetch_into(blobs, digest, out)
     return out
 
 
