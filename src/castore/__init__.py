@@ -12,6 +12,7 @@ state = run.load(best="score")
 from castore._config import CacheOptions, ChunkingOptions, CodecOptions, TransferOptions
 from castore.api.checkpoint import Checkpoint
 from castore.api.handle import SaveHandle
+from castore.api.load_into import IncompatibleKeys
 from castore.api.run import Run
 from castore.api.save import SaveInfo
 from castore.api.store import Store
@@ -31,6 +32,12 @@ from castore.errors import (
     UnsafeLoadError,
 )
 from castore.maintenance.accounting import StoreUsage
+from castore.maintenance.diff import CheckpointDiff
+from castore.maintenance.gc import GcReport
+from castore.maintenance.repair import RepairReport
+from castore.maintenance.retention import RetentionPlan
+from castore.maintenance.verify import VerifyReport
+from castore.snapshot.select import UnknownKeyError
 
 __version__ = "0.1.0"
 
@@ -39,14 +46,19 @@ __all__ = [
     "CacheOptions",
     "CastoreError",
     "Checkpoint",
+    "CheckpointDiff",
     "ChunkingOptions",
     "CodecOptions",
     "ConflictError",
     "FormatError",
+    "GcReport",
+    "IncompatibleKeys",
     "IntegrityError",
     "InvalidCheckpointError",
     "NotFoundError",
     "QueryError",
+    "RepairReport",
+    "RetentionPlan",
     "RetryPolicy",
     "Run",
     "SaveHandle",
@@ -56,7 +68,9 @@ __all__ = [
     "StoreUsage",
     "TransferOptions",
     "TransferStats",
+    "UnknownKeyError",
     "UnsafeLoadError",
+    "VerifyReport",
     "__version__",
     "open",
 ]

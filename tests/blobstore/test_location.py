@@ -21,7 +21,6 @@ def test_open_location_roots(backend, location):
     assert location.url == backend.url
     assert location.root == backend.root
     assert location.is_local == (backend.name == "local")
-    assert location.atomic_create
     assert location.path("a/b") == f"{backend.root}/a/b"
 
 

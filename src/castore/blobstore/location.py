@@ -70,15 +70,6 @@ class Location:
     def is_local(self) -> bool:
         return isinstance(self.fs, LocalFileSystem)
 
-    @property
-    def atomic_create(self) -> bool:
-        """Whether two writers racing to create one key see exactly one winner.
-
-        True for local disk (hard link), S3 and GCS (conditional PUT), and memory within
-        the one process a memory filesystem spans.
-        """
-        return True
-
     def path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root or "/"
 
