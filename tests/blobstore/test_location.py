@@ -127,13 +127,14 @@ def test_list_names_is_fresh(backend, location):
     assert location.list_names("d") == ["new", "old"]
 
 
-def test_find_sizes(location):
-    assert location.find_sizes("blobs") == {}
+def test_find_stats_sizes(location):
+    assert location.find_stats("blobs") == {}
     location.write("blobs/aa/bb/one", [b"1"])
     location.write("blobs/aa/cc/three", [b"333"])
     location.write("blobs/empty", [b""])
     location.write("elsewhere", [b"22"])
-    assert location.find_sizes("blobs") == {
+    sizes = {key: stat.size for key, stat in location.find_stats("blobs").items()}
+    assert sizes == {
         "blobs/aa/bb/one": 1,
         "blobs/aa/cc/three": 3,
         "blobs/empty": 0,

@@ -144,21 +144,6 @@ class Location:
 
         return self._io(f"listing {prefix or '/'}", names)
 
-    def find_sizes(self, prefix: str) -> dict[str, int]:
-        """Every file under ``prefix``, recursively, as ``{key: size}``."""
-        path = self.path(prefix)
-        start = len(self.root) + 1
-
-        def sizes() -> dict[str, int]:
-            self.fs.invalidate_cache(path)
-            try:
-                found = self.fs.find(path, detail=True)
-            except FileNotFoundError:
-                return {}
-            return {p[start:]: int(info.get("size") or 0) for p, info in found.items()}
-
-        return self._io(f"listing {prefix}", sizes)
-
     def find_stats(self, prefix: str) -> dict[str, FileStat]:
         """Every file under ``prefix``, recursively, with its size and modification time."""
         path = self.path(prefix)

@@ -135,13 +135,7 @@ class BlobStore:
 
     def sizes(self) -> dict[Digest, int]:
         """Every blob in the store with its stored (frame) size; foreign files are ignored."""
-        found = self.location.find_sizes(BLOBS_PREFIX)
-        sizes: dict[Digest, int] = {}
-        for key, size in found.items():
-            digest = parse_blob_key(key)
-            if digest is not None:
-                sizes[digest] = size
-        return sizes
+        return {digest: stat.size for digest, stat in self.listing().items()}
 
     def listing(self) -> dict[Digest, FileStat]:
         """Every blob with its stored size and modification time; foreign files ignored."""
