@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from castore.api.checkpoint import Checkpoint
+from castore.api.follow import follow_epochs
 from castore.api.handle import SaveHandle
 from castore.api.load import Keys, MapLocation, load_checkpoint
 from castore.api.load_into import IncompatibleKeys, load_into_module
@@ -260,23 +260,8 @@ class Run:
         appear (a late commit of a lower epoch too). With ``timeout_s`` the generator ends
         once nothing new has appeared for that long; otherwise it runs until closed.
         """
-        if poll_s <= 0:
-            raise InvalidCheckpointError(f"poll_s must be positive, got {poll_s}")
-        seen: set[int] = set()
-        last_new = time.monotonic()
-        while True:
-            fresh = [e for e in self.epochs() if e not in seen and (since is None or e > since)]
-            for epoch in fresh:
-                seen.add(epoch)
-                yield Checkpoint(self, epoch)
-            now = time.monotonic()
-            if fresh:
-                last_new = now
-            elif timeout_s is not None and now - last_new >= timeout_s:
-                return
-            time.sleep(
-                poll_s if timeout_s is None else min(poll_s, max(0.0, timeout_s - (now - last_new)))
-            )
+        for epoch in follow_epochs(self.epochs, poll_s=poll_s, since=since, timeout_s=timeout_s):
+            yield Checkpoint(self, epoch)
 
     def epochs(self) -> list[int]:
         """Committed epochs, ascending."""
