@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from castore.blobstore import open_location
-from castore.errors import ConflictError, NotFoundError
+from castore.errors import ConflictError, InvalidCheckpointError, NotFoundError
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_open_location_roots(backend, location):
 
 @pytest.mark.parametrize("url", ["", None, 3])
 def test_open_location_refuses_non_urls(url):
-    with pytest.raises(TypeError, match="store URL must be a non-empty str or path"):
+    with pytest.raises(InvalidCheckpointError, match="store URL must be a non-empty str or path"):
         open_location(url)
 
 

@@ -70,6 +70,10 @@ def load_checkpoint(
         skeleton = record.skeleton
         names = visible_names(refs)
     else:
+        if not isinstance(keys, str | Sequence) or not all(isinstance(k, str) for k in keys):
+            raise InvalidCheckpointError(
+                f"keys must be a glob pattern or a list of them, got {keys!r:.80}"
+            )
         patterns = [keys] if isinstance(keys, str) else list(keys)
         if not patterns:
             raise InvalidCheckpointError("keys is empty; pass keys=None to load everything")
@@ -113,6 +117,10 @@ def _load_refs(
     verify: bool,
 ) -> dict[str, torch.Tensor]:
     """Every tensor of ``refs`` by name, ties rebuilt, on ``map_location``."""
+    if map_location is not None and not isinstance(map_location, str | torch.device):
+        raise InvalidCheckpointError(
+            f"map_location must be a device name or torch.device, got {map_location!r}"
+        )
     device = torch.device(map_location) if map_location is not None else None
     total = sum(chunk.length for ref in refs for chunk in ref.chunks)
     try:

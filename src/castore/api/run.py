@@ -15,7 +15,14 @@ from castore.api.handle import SaveHandle
 from castore.api.load import Keys, MapLocation, load_checkpoint
 from castore.api.load_into import IncompatibleKeys, load_into_module
 from castore.api.save import SaveInfo, save_checkpoint
-from castore.api.validate import check_epoch, check_metrics, check_step
+from castore.api.validate import (
+    check_count,
+    check_epoch,
+    check_metrics,
+    check_number,
+    check_step,
+    check_text,
+)
 from castore.errors import CastoreError, ConflictError, InvalidCheckpointError, NotFoundError
 from castore.maintenance.retention import RetentionPlan, forget_checkpoint, plan_retention
 from castore.manifest.annotations import AnnotationReader, merge_metrics, write_annotation
@@ -189,6 +196,11 @@ class Run:
             InvalidCheckpointError: a shape differs, or with ``strict`` a key is missing
                 or unexpected; the module is left unchanged.
         """
+        if not isinstance(module, torch.nn.Module):
+            raise InvalidCheckpointError(
+                f"load_into needs an nn.Module, got {type(module).__name__}; "
+                "use load() for a plain tree"
+            )
         epoch = self._pick(epoch, best)
         with self._context("loading", epoch):
             return load_into_module(
@@ -260,6 +272,9 @@ class Run:
         appear (a late commit of a lower epoch too). With ``timeout_s`` the generator ends
         once nothing new has appeared for that long; otherwise it runs until closed.
         """
+        check_number("poll_s", poll_s, positive=True)
+        if timeout_s is not None:
+            check_number("timeout_s", timeout_s)
         for epoch in follow_epochs(self.epochs, poll_s=poll_s, since=since, timeout_s=timeout_s):
             yield Checkpoint(self, epoch)
 
@@ -274,7 +289,7 @@ class Run:
     def best(self, metric: str) -> int:
         """The epoch with the highest ``metric`` (lowest for ``-metric``); ties go to the
         earliest epoch, and checkpoints without the metric are passed over."""
-        descending = not metric.startswith("-")
+        descending = not check_text("metric", metric).startswith("-")
         name = check_metric_name(metric.lstrip("-"))
         table = self.summary_table()
         if name not in table.column_names:
@@ -301,6 +316,7 @@ class Run:
 
     def record(self, epoch: int) -> CheckpointRecord:
         """The parsed manifest part of ``epoch`` (cached: parts never change)."""
+        epoch = check_epoch(epoch)
         if epoch not in self._records:
             self._records[epoch] = read_part(self.store.location, self.name, epoch)
         return self._records[epoch]
@@ -362,6 +378,9 @@ class Run:
             NotFoundError: ``keep_best`` ranks by a metric no checkpoint has; nothing
                 was forgotten.
         """
+        keep_last = check_count("keep_last", keep_last)
+        keep_best = check_count("keep_best", keep_best)
+        check_text("metric", metric)
         self.wait()
         table = self.summary_table()
         epochs = table.column("epoch").to_pylist()

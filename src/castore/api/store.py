@@ -17,6 +17,7 @@ from castore._config import (
 )
 from castore.api.run import Run
 from castore.api.save import SaveOptions
+from castore.api.validate import check_number
 from castore.blobstore.cache import LocalBlobCache
 from castore.blobstore.layout import STORE_CONFIG_KEY, check_run_name
 from castore.blobstore.location import Location, open_location
@@ -124,6 +125,7 @@ class Store:
         Raises:
             IntegrityError: a manifest part or gc record is unreadable; nothing deleted.
         """
+        grace_s = check_number("grace_s", grace_s)
         workers = self.options.transfer.workers
         plan = plan_gc(self._uncached_blobs(), grace_s=grace_s, workers=workers, now=now)
         if dry_run:

@@ -45,3 +45,26 @@ def check_metrics(metrics: Mapping[str, object] | None) -> dict[str, float]:
             )
         checked[name] = float(value)
     return checked
+
+
+def check_number(name: str, value: object, *, positive: bool = False) -> float:
+    """A real number, non-negative (or positive): durations and thresholds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidCheckpointError(f"{name} must be a number, got {type(value).__name__}")
+    if value < 0 or (positive and value == 0):
+        raise InvalidCheckpointError(
+            f"{name} must be {'positive' if positive else 'non-negative'}, got {value}"
+        )
+    return float(value)
+
+
+def check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise InvalidCheckpointError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def check_text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidCheckpointError(f"{name} must be a str, got {type(value).__name__}")
+    return value

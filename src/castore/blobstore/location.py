@@ -22,7 +22,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from castore.blobstore.errors import backend_errors
 from castore.blobstore.retry import RetryPolicy, with_retries
-from castore.errors import ConflictError, NotFoundError
+from castore.errors import ConflictError, InvalidCheckpointError, NotFoundError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -202,7 +202,7 @@ def open_location(
 ) -> Location:
     """Resolve ``url`` (a path or any fsspec URL) with options passed through to fsspec."""
     if not isinstance(url, str | os.PathLike) or not str(url):
-        raise TypeError(f"store URL must be a non-empty str or path, got {url!r}")
+        raise InvalidCheckpointError(f"store URL must be a non-empty str or path, got {url!r}")
     url = os.fspath(url)
     with backend_errors("opening the store", url=url):
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
