@@ -41,12 +41,13 @@ __all__ = [
     "cmd_ls",
     "cmd_query",
     "cmd_show",
+    "open_store",
 ]
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """List the runs of a store, or with RUN the checkpoints of that run."""
-    store = _open(args)
+    store = open_store(args)
     if args.run is not None:
         rows, metrics = checkpoint_rows(_existing_run(store, args.run).summary_table())
         _emit(args, rows, lambda: format_table(rows, checkpoint_columns(metrics)))
@@ -70,7 +71,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Show one checkpoint's tensors, and which of their chunks changed since its parent."""
-    store = _open(args)
+    store = open_store(args)
     run = _existing_run(store, args.run)
     record = run.record(run.latest() if args.epoch is None else args.epoch)
     parent_digests = (
@@ -117,7 +118,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     """The top checkpoints of a run by a metric (``-name`` for lowest first)."""
     from castore.errors import NotFoundError
 
-    store = _open(args)
+    store = open_store(args)
     run = _existing_run(store, args.run)
     rows, metrics = checkpoint_rows(run.summary_table())
     lowest = args.metric.startswith("-")
@@ -140,7 +141,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     """Run DuckDB SQL over the view ``checkpoints`` (one row per checkpoint of every run)."""
     from castore.errors import CastoreError
 
-    store = _open(args)
+    store = open_store(args)
     try:
         frame = store.query(args.sql)
     except ModuleNotFoundError as exc:
@@ -155,7 +156,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_du(args: argparse.Namespace) -> int:
     """What every checkpoint holds against what the store's blobs take."""
-    usage = _open(args).du()
+    usage = open_store(args).du()
     fields = {
         "runs": usage.runs,
         "checkpoints": usage.checkpoints,
@@ -178,7 +179,7 @@ def cmd_du(args: argparse.Namespace) -> int:
 
 def cmd_follow(args: argparse.Namespace) -> int:
     """Print each checkpoint of RUN as it is committed: one line (or JSON object) each."""
-    store = _open(args)
+    store = open_store(args)
     follower = store.run(args.run).follow(
         poll_s=args.poll, since=args.since, timeout_s=args.timeout
     )
@@ -235,7 +236,8 @@ def checkpoint_columns(metrics: list[str]) -> list[Column]:
     return [("epoch", "epoch"), ("step", "step"), *metric_columns, *BYTE_COLUMNS]
 
 
-def _open(args: argparse.Namespace) -> Store:
+def open_store(args: argparse.Namespace) -> Store:
+    """The STORE argument opened read-only: a wrong path is not-found, never a new store."""
     import castore
 
     return castore.open(args.store, create=False, **args.storage_options)

@@ -16,6 +16,7 @@ import traceback
 from importlib.metadata import PackageNotFoundError, version
 
 from castore.cli import commands, maintenance
+from castore.cli.argtypes import int_at_least, positive_float
 from castore.cli.render import format_error
 from castore.errors import CastoreError
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument(
         "--metric", required=True, help="highest first; '--metric=-loss' for lowest first"
     )
-    best.add_argument("-n", type=_positive_int, default=5, help="how many (default 5)")
+    best.add_argument("-n", type=int_at_least(1), default=5, help="how many (default 5)")
     best.set_defaults(func=commands.cmd_best)
 
     query = sub.add_parser("query", parents=[reading], help="SQL over the view 'checkpoints'")
@@ -83,11 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     follow.add_argument("run", metavar="RUN", help="run name")
     follow.add_argument(
-        "--poll", type=_positive_float, default=5.0, help="seconds between listings (default 5)"
+        "--poll", type=positive_float, default=5.0, help="seconds between listings (default 5)"
     )
     follow.add_argument("--since", type=int, help="skip epochs up to and including this one")
     follow.add_argument(
-        "--timeout", type=_positive_float, help="stop after this many seconds without news"
+        "--timeout", type=positive_float, help="stop after this many seconds without news"
     )
     follow.set_defaults(func=commands.cmd_follow)
     maintenance.add_commands(sub, parents=[reading])
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--epochs",
         metavar="N",
-        type=_positive_int,
+        type=int_at_least(1),
         default=_DEMO_EPOCHS,
         help=f"epochs to train (default {_DEMO_EPOCHS})",
     )
@@ -144,26 +145,6 @@ def _storage_option(text: str) -> tuple[str, object]:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def _version() -> str:

@@ -12,10 +12,11 @@ import re
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from castore.cli.argtypes import int_at_least
+from castore.cli.commands import open_store
 from castore.cli.render import format_fields, format_table, format_value, human_bytes, to_json
 
 if TYPE_CHECKING:
-    from castore.api.store import Store
     from castore.maintenance.gc import GcReport
     from castore.maintenance.repair import RepairReport
     from castore.maintenance.verify import VerifyReport
@@ -32,8 +33,12 @@ def add_commands(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "retain", parents=parents, help="forget all but the last N and best K checkpoints"
     )
     retain.add_argument("run", metavar="RUN", help="run name")
-    retain.add_argument("--keep-last", metavar="N", type=_count, default=0, help="default 0")
-    retain.add_argument("--keep-best", metavar="K", type=_count, default=0, help="default 0")
+    retain.add_argument(
+        "--keep-last", metavar="N", type=int_at_least(0), default=0, help="default 0"
+    )
+    retain.add_argument(
+        "--keep-best", metavar="K", type=int_at_least(0), default=0, help="default 0"
+    )
     retain.add_argument(
         "--metric", default="score", help="rank for --keep-best (default score; =-loss: lowest)"
     )
@@ -66,7 +71,7 @@ def add_commands(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 def cmd_retain(args: argparse.Namespace) -> int:
     """Apply (or with --dry-run, show) a retention policy to one run."""
-    store = _open(args)
+    store = open_store(args)
     plan = store.run(args.run).retain(
         keep_last=args.keep_last,
         keep_best=args.keep_best,
@@ -99,7 +104,7 @@ def cmd_retain(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """One garbage collection pass (or with --dry-run, what it would do)."""
-    report = _open(args).gc(grace_s=args.grace, dry_run=args.dry_run)
+    report = open_store(args).gc(grace_s=args.grace, dry_run=args.dry_run)
     if args.json:
         print(to_json(asdict(report)))
     else:
@@ -109,7 +114,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every referenced blob; report (and optionally repair) what is wrong."""
-    store = _open(args)
+    store = open_store(args)
     report = store.verify(args.run)
     repair = None
     if args.repair_from is not None and report.problems:
@@ -124,7 +129,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     """What changed between two checkpoints, by tensor."""
-    diff = _open(args).diff(*args.a, *args.b)
+    diff = open_store(args).diff(*args.a, *args.b)
     rows = [
         {
             "name": c.name,
@@ -264,22 +269,6 @@ def _verify_json(
             "failed": [{"digest": d, "reason": why} for d, why in repair.failed],
         }
     return found
-
-
-def _open(args: argparse.Namespace) -> Store:
-    import castore
-
-    return castore.open(args.store, create=False, **args.storage_options)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a count of 0 or more, got {value}")
-    return value
 
 
 def _checkpoint(text: str) -> tuple[str, int]:
