@@ -290,25 +290,28 @@ class Run:
         """The epoch with the highest ``metric`` (lowest for ``-metric``); ties go to the
         earliest epoch, and checkpoints without the metric are passed over."""
         descending = not check_text("metric", metric).startswith("-")
-        name = check_metric_name(metric.lstrip("-"))
-        table = self.summary_table()
-        if name not in table.column_names:
+        name = metric.lstrip("-")
+        values = self._metric_values(self.summary_table(), name)
+        if values is None:
             raise NotFoundError(
                 f"no checkpoint of run '{self.name}' has metric '{name}'", run=self.name
             )
-        scored = [
-            (epoch, value)
-            for epoch, value in zip(
-                table.column("epoch").to_pylist(), table.column(name).to_pylist(), strict=True
-            )
-            if value is not None and not math.isnan(value)
-        ]
+        scored = [(e, v) for e, v in values.items() if v is not None and not math.isnan(v)]
         if not scored:
             raise NotFoundError(
                 f"no checkpoint of run '{self.name}' has a value for '{name}'", run=self.name
             )
         sign = 1.0 if descending else -1.0
         return max(sorted(scored), key=lambda item: sign * item[1])[0]
+
+    @staticmethod
+    def _metric_values(table: pa.Table, name: str) -> dict[int, float | None] | None:
+        """Each epoch's value of metric ``name`` in a summary table, or None when no
+        checkpoint has the column."""
+        if check_metric_name(name) not in table.column_names:
+            return None
+        epochs = table.column("epoch").to_pylist()
+        return dict(zip(epochs, table.column(name).to_pylist(), strict=True))
 
     def checkpoints(self) -> pd.DataFrame:
         """One row per checkpoint, by epoch: step, byte accounting and a column per metric."""
@@ -384,11 +387,8 @@ class Run:
         self.wait()
         table = self.summary_table()
         epochs = table.column("epoch").to_pylist()
-        values: dict[int, float | None] = {}
-        if keep_best:
-            name = check_metric_name(metric.removeprefix("-"))
-            if name in table.column_names:
-                values = dict(zip(epochs, table.column(name).to_pylist(), strict=True))
+        name = metric.removeprefix("-")
+        values = (self._metric_values(table, name) if keep_best else None) or {}
         plan = plan_retention(
             self.name, epochs, values, keep_last=keep_last, keep_best=keep_best, metric=metric
         )
