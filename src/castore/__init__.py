@@ -11,12 +11,16 @@ state = run.load(best="score")
 
 from castore._config import CacheOptions, ChunkingOptions, CodecOptions, TransferOptions
 from castore.api.checkpoint import Checkpoint
+from castore.api.export import ExportResult, export_checkpoint
 from castore.api.handle import SaveHandle
+from castore.api.importer import ImportItem, ImportReport, import_checkpoints
 from castore.api.load_into import IncompatibleKeys
+from castore.api.manager import CheckpointManager
 from castore.api.run import Run
 from castore.api.save import SaveInfo
 from castore.api.store import Store
 from castore.api.store import open_store as open
+from castore.api.uri import CheckpointURI, checkpoint_uri, load, parse_uri
 from castore.blobstore.retry import RetryPolicy
 from castore.blobstore.stats import TransferStats
 from castore.errors import (
@@ -47,11 +51,16 @@ __all__ = [
     "CastoreError",
     "Checkpoint",
     "CheckpointDiff",
+    "CheckpointManager",
+    "CheckpointURI",
     "ChunkingOptions",
     "CodecOptions",
     "ConflictError",
+    "ExportResult",
     "FormatError",
     "GcReport",
+    "ImportItem",
+    "ImportReport",
     "IncompatibleKeys",
     "IntegrityError",
     "InvalidCheckpointError",
@@ -72,5 +81,10 @@ __all__ = [
     "UnsafeLoadError",
     "VerifyReport",
     "__version__",
+    "checkpoint_uri",
+    "export_checkpoint",
+    "import_checkpoints",
+    "load",
     "open",
+    "parse_uri",
 ]

@@ -94,10 +94,16 @@ class Checkpoint:
         mmap: bool = False,
         map_location: MapLocation = None,
         verify: bool = True,
+        trust: bool = False,
     ) -> Any:
         """The checkpoint's tree, or the part ``keys`` selects; see ``Run.load``."""
         return self.run.load(
-            self.epoch, keys=keys, mmap=mmap, map_location=map_location, verify=verify
+            self.epoch,
+            keys=keys,
+            mmap=mmap,
+            map_location=map_location,
+            verify=verify,
+            trust=trust,
         )
 
     def load_into(

@@ -23,7 +23,7 @@ from castore.snapshot.fetch import MemoryDestination, fetch_jobs, plan_jobs
 from castore.snapshot.mmap_file import MmapCache, load_mapped
 from castore.snapshot.rebuild import allocate, assemble, byte_view, check_refs
 from castore.snapshot.select import needed_refs, select, visible_names
-from castore.snapshot.tree import unflatten_tree
+from castore.snapshot.tree import refuse_pickles, unflatten_tree
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -58,14 +58,18 @@ def load_checkpoint(
     keys: Keys = None,
     mmap: bool = False,
     verify: bool = True,
+    trust: bool = False,
 ) -> Any:
     """Rebuild the saved tree, or the sub-tree ``keys`` selects (see ``snapshot.select``).
 
     Tensors land on ``map_location`` (CPU by default); ``mmap`` returns CPU tensors that
-    map a local file (copied to ``map_location`` if that is another device).
+    map a local file (copied to ``map_location`` if that is another device). A pickled
+    object is unpickled only with ``trust``, and refused before anything is fetched.
     """
     check_refs(record.tensors)
     if keys is None:
+        if not trust:
+            refuse_pickles(record.skeleton)
         refs: Sequence[TensorRef] = record.tensors
         skeleton = record.skeleton
         names = visible_names(refs)
@@ -82,7 +86,7 @@ def load_checkpoint(
     tensors = _load_refs(
         blobs, record, refs, transfer, map_location, progress=progress, mmap=mmap, verify=verify
     )
-    return unflatten_tree(skeleton, [tensors[name] for name in names])
+    return unflatten_tree(skeleton, [tensors[name] for name in names], trust=trust)
 
 
 def load_tensors(

@@ -69,21 +69,25 @@ class Run:
         step: int | None = None,
         metrics: Mapping[str, object] | None = None,
         blocking: bool = True,
+        pickle: bool = False,
     ) -> SaveInfo | SaveHandle:
         """Commit ``state`` as checkpoint ``epoch``, storing only chunks the store lacks.
 
         ``state`` is a nested dict/list/tuple of tensors and plain values, or an
-        ``nn.Module`` (saved as its state_dict). ``metrics`` are numbers, stored as
-        manifest columns. With ``blocking=False`` the state is copied to host memory and
-        a ``SaveHandle`` returned at once; hashing, upload and commit run in the
-        background while training goes on. A run has one save in flight: the next save
+        ``nn.Module`` (saved as its state_dict). With ``pickle=True`` any other object
+        in it (a whole ``nn.Module`` too) is kept whole: pickled, with its tensors still
+        stored as chunks under their state-dict names; loading it back needs
+        ``trust=True``. ``metrics`` are numbers, stored as manifest columns. With
+        ``blocking=False`` the state is copied to host memory and a ``SaveHandle``
+        returned at once; hashing, upload and commit run in the background while
+        training goes on. A run has one save in flight: the next save
         (or ``wait()``, or ``store.close()``) waits for it and raises its error.
 
         Raises:
             InvalidCheckpointError: bad input; nothing was written.
             ConflictError: the epoch is already committed; nothing was changed.
         """
-        if isinstance(state, torch.nn.Module):
+        if isinstance(state, torch.nn.Module) and not pickle:
             state = state.state_dict()
         self.wait()
         with self._context("saving", epoch):
@@ -99,11 +103,13 @@ class Run:
             earlier = [e for e in epochs if e < epoch]
             parent = self.record(earlier[-1]) if earlier else None
             if blocking:
-                return self._commit(state, epoch, step, metrics, parent)
-            host_state = copy_to_host(state)
+                return self._commit(state, epoch, step, metrics, parent, pickle)
+            host_state = copy_to_host(state, pickle=pickle)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"castore-save-{self.name}")
-        future = self._executor.submit(self._commit, host_state, epoch, step, metrics, parent)
+        future = self._executor.submit(
+            self._commit, host_state, epoch, step, metrics, parent, pickle
+        )
         self._pending = SaveHandle(future, self.name, epoch)
         return self._pending
 
@@ -119,6 +125,7 @@ class Run:
         step: int | None,
         metrics: Mapping[str, object] | None,
         parent: CheckpointRecord | None,
+        pickle: bool,
     ) -> SaveInfo:
         with self._context("saving", epoch):
             info, record, self._memo = save_checkpoint(
@@ -131,6 +138,7 @@ class Run:
                 parent=parent,
                 options=self.store.options,
                 memo=self._memo,
+                pickle=pickle,
             )
         self._records[epoch] = record
         return info
@@ -144,6 +152,7 @@ class Run:
         keys: Keys = None,
         mmap: bool = False,
         verify: bool = True,
+        trust: bool = False,
     ) -> Any:
         """Load a checkpoint: ``epoch``, the best by a metric, or by default the latest.
 
@@ -155,8 +164,12 @@ class Run:
         ``mmap=True`` returns tensors that map one local file under the cache directory,
         built on first use and reused after, so memory holds only the pages touched.
         ``verify=False`` skips the BLAKE3 check, for trusted local stores only.
+        ``trust=True`` unpickles objects saved whole (``save(pickle=True)``); that runs
+        code named by the store, so it is off by default.
 
         Raises:
+            UnsafeLoadError: the checkpoint holds a pickled object and ``trust`` is false;
+                nothing was fetched.
             NotFoundError: no such epoch, an empty run, no checkpoint with the metric, or
                 a key that matches nothing (also a ``KeyError``).
             IntegrityError: a blob does not match its digest; nothing is returned.
@@ -172,6 +185,7 @@ class Run:
                 keys=keys,
                 mmap=mmap,
                 verify=verify,
+                trust=trust,
             )
 
     def load_into(

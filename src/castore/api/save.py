@@ -76,18 +76,20 @@ def save_checkpoint(
     parent: CheckpointRecord | None,
     options: SaveOptions,
     memo: SaveMemo | None = None,
+    pickle: bool = False,
 ) -> tuple[SaveInfo, CheckpointRecord, SaveMemo]:
     """Store ``state`` as checkpoint ``epoch`` of ``run``; every input is checked first.
 
     ``memo`` is what this process's previous save of the run remembered (see
-    ``unchanged``); it is used only when that save is the parent. Returns what the save
-    did, the committed record and the new memo.
+    ``unchanged``); it is used only when that save is the parent. ``pickle`` keeps objects
+    other than containers, tensors and plain values whole (``snapshot.pickled``). Returns
+    what the save did, the committed record and the new memo.
     """
     started = time.perf_counter()
     epoch = check_epoch(epoch)
     step = check_step(step)
     checked_metrics = check_metrics(metrics)
-    flat = flatten_tree(state)
+    flat = flatten_tree(state, pickle=pickle)
     entries = plan_entries(flat.names, flat.tensors)
 
     plan = plan_chunks(

@@ -41,6 +41,7 @@ __all__ = [
     "cmd_ls",
     "cmd_query",
     "cmd_show",
+    "existing_run",
     "open_store",
 ]
 
@@ -49,7 +50,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """List the runs of a store, or with RUN the checkpoints of that run."""
     store = open_store(args)
     if args.run is not None:
-        rows, metrics = checkpoint_rows(_existing_run(store, args.run).summary_table())
+        rows, metrics = checkpoint_rows(existing_run(store, args.run).summary_table())
         _emit(args, rows, lambda: format_table(rows, checkpoint_columns(metrics)))
         return 0
     runs = []
@@ -72,7 +73,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """Show one checkpoint's tensors, and which of their chunks changed since its parent."""
     store = open_store(args)
-    run = _existing_run(store, args.run)
+    run = existing_run(store, args.run)
     record = run.record(run.latest() if args.epoch is None else args.epoch)
     parent_digests = (
         set() if record.parent_epoch is None else run.record(record.parent_epoch).digests()
@@ -119,7 +120,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     from castore.errors import NotFoundError
 
     store = open_store(args)
-    run = _existing_run(store, args.run)
+    run = existing_run(store, args.run)
     rows, metrics = checkpoint_rows(run.summary_table())
     lowest = args.metric.startswith("-")
     metric = args.metric.removeprefix("-")
@@ -243,7 +244,7 @@ def open_store(args: argparse.Namespace) -> Store:
     return castore.open(args.store, create=False, **args.storage_options)
 
 
-def _existing_run(store: Store, name: str) -> Run:
+def existing_run(store: Store, name: str) -> Run:
     from castore.errors import NotFoundError
 
     run = store.run(name)

@@ -15,7 +15,7 @@ import sys
 import traceback
 from importlib.metadata import PackageNotFoundError, version
 
-from castore.cli import commands, maintenance
+from castore.cli import commands, maintenance, migrate
 from castore.cli.argtypes import int_at_least, positive_float
 from castore.cli.render import format_error
 from castore.errors import CastoreError
@@ -38,10 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
     )
-    reading = argparse.ArgumentParser(add_help=False, parents=[common])
-    reading.add_argument("store", metavar="STORE", help="store URL: a path, s3://..., gs://...")
-    reading.add_argument("--json", action="store_true", help="print JSON for scripts")
-    reading.add_argument(
+    flags = argparse.ArgumentParser(add_help=False, parents=[common])
+    flags.add_argument("--json", action="store_true", help="print JSON for scripts")
+    flags.add_argument(
         "-o",
         "--storage-option",
         dest="storage_options",
@@ -51,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="fsspec storage option, repeatable (value parsed as JSON when it can be)",
     )
+    reading = argparse.ArgumentParser(add_help=False, parents=[flags])
+    reading.add_argument("store", metavar="STORE", help="store URL: a path, s3://..., gs://...")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     ls = sub.add_parser("ls", parents=[reading], help="list runs, or the checkpoints of RUN")
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     follow.set_defaults(func=commands.cmd_follow)
     maintenance.add_commands(sub, parents=[reading])
+    migrate.add_commands(sub, flags=flags, reading=reading)
 
     demo = sub.add_parser(
         "demo", parents=[common], help="train a small CartPole policy, checkpointing each epoch"

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from castore._concurrency import bounded_map
 from castore.blobstore.digest import Digest, is_digest
@@ -24,6 +23,7 @@ from castore.errors import (
     InvalidCheckpointError,
     NotFoundError,
 )
+from castore.manifest.parquet import read_parquet_bytes
 from castore.manifest.reader import list_epochs
 from castore.manifest.schema import FORMAT_VERSION
 
@@ -87,9 +87,7 @@ def part_digests(location: Location, run: str, epoch: int) -> frozenset[Digest]:
     """Every blob one part references: chunk digests and delta bases."""
     data = location.read(part_key(run, epoch))
     try:
-        table = pq.read_table(
-            pa.BufferReader(data), columns=["format_version", "tensors"], use_threads=False
-        )
+        table = read_parquet_bytes(data, columns=["format_version", "tensors"])
         version = table.column("format_version")[0].as_py()
         chunks = table.column("tensors").combine_chunks().flatten().field("chunks").flatten()
         names = chunks.field("digest").to_pylist() + chunks.field("base").drop_null().to_pylist()

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from castore.blobstore.layout import annotation_key, annotation_prefix, parse_annotation_name
 from castore.errors import FormatError, IntegrityError
+from castore.manifest.parquet import read_parquet_bytes
 from castore.manifest.schema import FORMAT_VERSION, RESERVED_COLUMNS
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def merge_metrics(summary: pa.Table, annotations: dict[int, dict[str, float]]) -
 
 def _parse(data: bytes, name: str) -> dict[str, float]:
     try:
-        row = pq.read_table(pa.BufferReader(data), use_threads=False).to_pylist()[0]
+        row = read_parquet_bytes(data).to_pylist()[0]
     except (pa.ArrowException, OSError, IndexError) as exc:
         raise IntegrityError(f"metrics part {name} is not readable Parquet: {exc}") from exc
     version = row.get("format_version")

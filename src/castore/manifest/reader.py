@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from castore.blobstore.layout import (
     RUNS_PREFIX,
@@ -21,6 +20,7 @@ from castore.errors import (
     InvalidCheckpointError,
     NotFoundError,
 )
+from castore.manifest.parquet import read_parquet_bytes
 from castore.manifest.records import CheckpointRecord, record_from_table
 from castore.manifest.schema import FORMAT_VERSION, WIDE_COLUMNS
 
@@ -89,6 +89,6 @@ def read_summary(location: Location, run: str, epoch: int) -> pa.Table:
 
 def _parse(data: bytes) -> pa.Table:
     try:
-        return pq.read_table(pa.BufferReader(data), use_threads=False)
+        return read_parquet_bytes(data)
     except (pa.ArrowException, OSError) as exc:
         raise IntegrityError(f"manifest part is not readable Parquet: {exc}") from exc

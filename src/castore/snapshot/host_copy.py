@@ -18,9 +18,12 @@ from castore.snapshot.tree import flatten_tree, unflatten_tree
 __all__ = ["copy_to_host"]
 
 
-def copy_to_host(tree: object) -> Any:
-    """The same tree with every tensor copied to CPU memory the caller no longer touches."""
-    flat = flatten_tree(tree)
+def copy_to_host(tree: object, *, pickle: bool = False) -> Any:
+    """The same tree with every tensor copied to CPU memory the caller no longer touches.
+
+    With ``pickle``, objects kept whole are copied through their own pickle, made here,
+    so unpickling it runs nothing the caller did not already hold."""
+    flat = flatten_tree(tree, pickle=pickle)
     copies: list[torch.Tensor] = []
     storages: dict[tuple[str, int], torch.UntypedStorage] = {}
     for name, tensor in zip(flat.names, flat.tensors, strict=True):
@@ -36,4 +39,4 @@ def copy_to_host(tree: object) -> Any:
         copy = torch.empty(0, dtype=tensor.dtype)
         copy.set_(storages[key], tensor.storage_offset(), tensor.shape, tensor.stride())
         copies.append(copy)
-    return unflatten_tree(flat.skeleton, copies)
+    return unflatten_tree(flat.skeleton, copies, trust=True)

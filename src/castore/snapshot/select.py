@@ -9,7 +9,8 @@ The result keeps the tree's shape with only what was selected: dict entries outs
 selection are dropped, a list or tuple keeps its length with ``None`` where an element
 was left out, and a container with nothing selected inside is dropped from its parent.
 ``state["model"]`` of a ``keys=["model.*"]`` load is therefore the model's state dict,
-``OrderedDict`` and ``_metadata`` included.
+``OrderedDict`` and ``_metadata`` included. An object saved whole (a pickle node) comes
+back as the ``OrderedDict`` of its tensors: a partial load never unpickles.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from castore.errors import FormatError, NotFoundError
 from castore.snapshot.refs import Role, TensorRef
+from castore.snapshot.tree import state_dict_view
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -94,6 +96,7 @@ def select(skeleton: str, refs: Sequence[TensorRef], patterns: Sequence[str]) ->
     kept: list[str] = []
 
     def visit(node: dict[str, Any], path: tuple[str, ...], whole: bool) -> dict[str, Any] | None:
+        node = state_dict_view(node)
         if "tensor" in node:
             index = node["tensor"]
             if not isinstance(index, int) or not 0 <= index < len(names):
