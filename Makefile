@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints/cpu.txt
 
-.PHONY: test demo lint bench bench-quick clean
+.PHONY: test demo lint bench bench-quick bench-dcp clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(VENV)/.test-installed
 
 bench-quick: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/run.py --quick
+
+bench-dcp: $(VENV)/.test-installed
+	$(BIN)/python benchmarks/dcp.py
 
 clean:
 	rm -rf $(VENV) castore-demo .pytest_cache .ruff_cache

@@ -1,5 +1,7 @@
 """save_checkpoint: flatten -> plan -> hash -> dedup -> encode and put -> commit the part.
 
+``store_tensors`` is the part that turns planned entries into blobs, shared with
+``castore.dcp`` (where each rank stores its own items and the coordinator commits).
 Hashing and encoding run on threads (BLAKE3 and zstd release the GIL) with a bound on
 bytes in flight. Only digests neither in the parent checkpoint nor already in the store
 are encoded and uploaded; the manifest part is written last (see manifest.writer).
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from castore.blobstore.digest import Digest
     from castore.blobstore.store import BlobStore
 
-__all__ = ["SaveInfo", "SaveOptions", "save_checkpoint"]
+__all__ = ["SaveInfo", "SaveOptions", "StoredTensors", "save_checkpoint", "store_tensors"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,75 @@ def save_checkpoint(
     checked_metrics = check_metrics(metrics)
     flat = flatten_tree(state, pickle=pickle)
     entries = plan_entries(flat.names, flat.tensors)
+    stored = store_tensors(blobs, entries, epoch=epoch, parent=parent, options=options, memo=memo)
 
+    record = CheckpointRecord(
+        run=run,
+        epoch=epoch,
+        step=step,
+        created_at=datetime.now(UTC),
+        parent_epoch=parent.epoch if parent is not None else None,
+        logical_bytes=stored.logical_bytes,
+        new_bytes=stored.new_bytes,
+        stored_bytes=stored.stored_bytes,
+        new_blobs=len(stored.written),
+        skeleton=flat.skeleton,
+        tensors=stored.refs,
+        metrics=checked_metrics,
+    )
+    write_part(blobs.location, record)
+    info = SaveInfo(
+        run=run,
+        epoch=epoch,
+        step=step,
+        logical_bytes=record.logical_bytes,
+        new_bytes=stored.new_bytes,
+        stored_bytes=record.stored_bytes,
+        blobs_written=len(stored.written),
+        blobs_skipped=stored.n_blobs - len(stored.written),
+        elapsed_s=time.perf_counter() - started,
+    )
+    return info, record, stored.memo
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTensors:
+    """Where each entry's bytes now live, and what storing them wrote.
+
+    ``written`` maps every blob this call wrote to its (decoded, frame) sizes in bytes;
+    ``n_blobs`` counts the distinct blobs the entries use, written or found.
+    """
+
+    refs: tuple[TensorRef, ...]
+    logical_bytes: int
+    written: dict[Digest, tuple[int, int]]
+    n_blobs: int
+    memo: SaveMemo
+
+    @property
+    def new_bytes(self) -> int:
+        return sum(decoded for decoded, _ in self.written.values())
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(frame for _, frame in self.written.values())
+
+
+def store_tensors(
+    blobs: BlobStore,
+    entries: list[PlannedEntry],
+    *,
+    epoch: int,
+    parent: CheckpointRecord | None,
+    options: SaveOptions,
+    memo: SaveMemo | None = None,
+) -> StoredTensors:
+    """Put the blobs ``entries`` need that the store lacks; return one ref per entry.
+
+    A chunk at the same position (entry name, dtype, shape, range) as in ``parent`` is
+    stored as a delta against it. ``memo`` is what this process's previous save
+    remembered (see ``unchanged``); it is used only when that save is the parent.
+    """
     plan = plan_chunks(
         [e.nbytes for e in entries], [e.element_size for e in entries], options.chunking
     )
@@ -151,35 +221,15 @@ def save_checkpoint(
             max_in_flight_bytes=transfer.max_in_flight_bytes,
             on_result=lambda d, _: bar.update(first_chunk[d].length),
         )
-
-    record = CheckpointRecord(
-        run=run,
-        epoch=epoch,
-        step=step,
-        created_at=datetime.now(UTC),
-        parent_epoch=parent.epoch if parent is not None else None,
+    return StoredTensors(
+        refs=_tensor_refs(entries, plan.chunks, digests, bases),
         logical_bytes=plan.total_bytes,
-        new_bytes=new_bytes,
-        stored_bytes=sum(frame_sizes),
-        new_blobs=len(missing),
-        skeleton=flat.skeleton,
-        tensors=_tensor_refs(entries, plan.chunks, digests, bases),
-        metrics=checked_metrics,
+        written={
+            d: (first_chunk[d].length, size) for d, size in zip(missing, frame_sizes, strict=True)
+        },
+        n_blobs=len(first_chunk),
+        memo=remember(epoch, plan.chunks, entries, keys, digests, samples),
     )
-    write_part(blobs.location, record)
-    new_memo = remember(epoch, plan.chunks, entries, keys, digests, samples)
-    info = SaveInfo(
-        run=run,
-        epoch=epoch,
-        step=step,
-        logical_bytes=record.logical_bytes,
-        new_bytes=new_bytes,
-        stored_bytes=record.stored_bytes,
-        blobs_written=len(missing),
-        blobs_skipped=len(first_chunk) - len(missing),
-        elapsed_s=time.perf_counter() - started,
-    )
-    return info, record, new_memo
 
 
 def _reuse_digests(
