@@ -16,7 +16,6 @@ as chunks; loading one back needs ``trust=True``. Checkpoints are named by URIs 
 
 from __future__ import annotations
 
-import math
 import numbers
 import random
 from typing import TYPE_CHECKING, Any
@@ -186,7 +185,7 @@ class CheckpointManager:
             raise InvalidCheckpointError(
                 f"min_score must be a number, got {type(min_score).__name__}"
             )
-        ranked = self._ranked(metric or self.metric)
+        ranked = self.run.ranked(metric or self.metric)
         return [self.uri(epoch) for epoch, value in ranked if value >= min_score]
 
     def list_all_checkpoints(self) -> list[dict[str, Any]]:
@@ -231,19 +230,8 @@ class CheckpointManager:
         elif strategy == "rand":
             picked = sorted(random.Random(seed).sample(epochs, min(n, len(epochs))))
         else:
-            picked = [epoch for epoch, _ in self._ranked(metric or self.metric)[:n]]
+            picked = [epoch for epoch, _ in self.run.ranked(metric or self.metric)[:n]]
         return [self.uri(epoch) for epoch in picked]
-
-    def _ranked(self, metric: str) -> list[tuple[int, float]]:
-        """``(epoch, value)`` of checkpoints with ``metric``, best first, ties by epoch."""
-        name = check_text("metric", metric).removeprefix("-")
-        table = self.run.summary_table()
-        if name in RESERVED_COLUMNS or name not in table.column_names:
-            return []
-        sign = -1.0 if metric.startswith("-") else 1.0
-        values = zip(table["epoch"].to_pylist(), table[name].to_pylist(), strict=True)
-        scored = [(e, v) for e, v in values if v is not None and not math.isnan(v)]
-        return sorted(scored, key=lambda item: (-sign * item[1], item[0]))
 
     def __enter__(self) -> CheckpointManager:
         return self

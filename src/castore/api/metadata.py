@@ -20,7 +20,7 @@ import torch
 
 from castore.errors import InvalidCheckpointError
 from castore.manifest.schema import check_metric_name
-from castore.snapshot.tree import unflatten_tree
+from castore.snapshot.tree import pickled_objects, unflatten_tree
 
 __all__ = ["SplitMetadata", "saved_metadata", "split_metadata"]
 
@@ -58,11 +58,15 @@ def split_metadata(metadata: Mapping[str, object] | None) -> SplitMetadata:
 
 def saved_metadata(skeleton: str) -> dict[str, Any]:
     """The ``metadata`` a checkpoint was saved with (``{"agent": ..., "metadata": {...}}``),
-    read from its skeleton alone; empty for other trees."""
+    read from its skeleton alone; empty for other trees, and for metadata that is not
+    plain values (a pickle is never run to describe a checkpoint)."""
     root = json.loads(skeleton)
     for key, node in root.get("dict", ()) if isinstance(root, dict) else ():
         if key == "metadata":
-            value = unflatten_tree(json.dumps(node), [])
+            text = json.dumps(node)
+            if pickled_objects(text):
+                return {}
+            value = unflatten_tree(text, [])
             return value if isinstance(value, dict) else {}
     return {}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,12 @@ from castore.api.validate import (
     check_text,
 )
 from castore.errors import CastoreError, ConflictError, InvalidCheckpointError, NotFoundError
-from castore.maintenance.retention import RetentionPlan, forget_checkpoint, plan_retention
+from castore.maintenance.retention import (
+    RetentionPlan,
+    forget_checkpoint,
+    plan_retention,
+    rank_by_metric,
+)
 from castore.manifest.annotations import AnnotationReader, merge_metrics, write_annotation
 from castore.manifest.query import concat_summaries
 from castore.manifest.reader import list_epochs, read_part, read_summary
@@ -303,20 +307,23 @@ class Run:
     def best(self, metric: str) -> int:
         """The epoch with the highest ``metric`` (lowest for ``-metric``); ties go to the
         earliest epoch, and checkpoints without the metric are passed over."""
-        descending = not check_text("metric", metric).startswith("-")
-        name = metric.lstrip("-")
+        name = check_text("metric", metric).removeprefix("-")
         values = self._metric_values(self.summary_table(), name)
         if values is None:
             raise NotFoundError(
                 f"no checkpoint of run '{self.name}' has metric '{name}'", run=self.name
             )
-        scored = [(e, v) for e, v in values.items() if v is not None and not math.isnan(v)]
-        if not scored:
+        ranked = rank_by_metric(values, metric)
+        if not ranked:
             raise NotFoundError(
                 f"no checkpoint of run '{self.name}' has a value for '{name}'", run=self.name
             )
-        sign = 1.0 if descending else -1.0
-        return max(sorted(scored), key=lambda item: sign * item[1])[0]
+        return ranked[0][0]
+
+    def ranked(self, metric: str) -> list[tuple[int, float]]:
+        """``(epoch, value)`` of the checkpoints with ``metric``, best first (as ``best``)."""
+        name = check_text("metric", metric).removeprefix("-")
+        return rank_by_metric(self._metric_values(self.summary_table(), name) or {}, metric)
 
     @staticmethod
     def _metric_values(table: pa.Table, name: str) -> dict[int, float | None] | None:

@@ -19,7 +19,13 @@ if TYPE_CHECKING:
 
     from castore.blobstore.location import Location
 
-__all__ = ["RetentionDecision", "RetentionPlan", "forget_checkpoint", "plan_retention"]
+__all__ = [
+    "RetentionDecision",
+    "RetentionPlan",
+    "forget_checkpoint",
+    "plan_retention",
+    "rank_by_metric",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,14 @@ class RetentionPlan:
                 raise
 
 
+def rank_by_metric(values: Mapping[int, float | None], metric: str) -> list[tuple[int, float]]:
+    """``(epoch, value)`` best first: highest first, lowest for ``-name``; ties go to the
+    earlier epoch; epochs without a value (missing or NaN) are left out."""
+    scored = [(e, v) for e, v in values.items() if v is not None and not math.isnan(v)]
+    sign = 1.0 if metric.startswith("-") else -1.0
+    return sorted(scored, key=lambda item: (sign * item[1], item[0]))
+
+
 def plan_retention(
     run: str,
     epochs: Sequence[int],
@@ -103,19 +117,13 @@ def plan_retention(
             reasons[epoch].append(f"last {keep_last}")
     name = (metric or "").removeprefix("-")
     if keep_best:
-        scored = [
-            (epoch, value)
-            for epoch in ordered
-            if (value := values.get(epoch)) is not None and not math.isnan(value)
-        ]
-        if ordered and not scored:
+        ranked = rank_by_metric({e: values.get(e) for e in ordered}, metric or "")
+        if ordered and not ranked:
             raise NotFoundError(
                 f"no checkpoint of run '{run}' has a value for '{name}'; nothing was "
                 "forgotten (check the metric name)",
                 run=run,
             )
-        sign = 1.0 if metric and metric.startswith("-") else -1.0
-        ranked = sorted(scored, key=lambda item: (sign * item[1], item[0]))
         for rank, (epoch, _) in enumerate(ranked[:keep_best], start=1):
             reasons[epoch].append(f"best {keep_best} by {metric} (#{rank})")
     return RetentionPlan(
