@@ -54,14 +54,18 @@ def export_checkpoint(
     ``.pt`` or ``.safetensors`` path, with ``keys`` selecting tensors as in ``Run.load``.
 
     Raises:
-        InvalidCheckpointError: an unknown extension, or ``out`` exists and not
-            ``overwrite``; nothing was written.
+        InvalidCheckpointError: an unknown extension, a directory that does not exist,
+            or ``out`` exists and not ``overwrite``; nothing was written.
         NotFoundError: no such checkpoint, or a key pattern that matches nothing.
     """
     path = Path(out)
     if path.suffix.lower() not in FORMATS:
         raise InvalidCheckpointError(
             f"cannot export to {str(path)!r}: the name must end in .pt or .safetensors"
+        )
+    if not path.parent.is_dir():
+        raise InvalidCheckpointError(
+            f"cannot export to {str(path)!r}: directory {str(path.parent)!r} does not exist"
         )
     sidecar = path.with_suffix(".json")
     for target in (path, sidecar):

@@ -6,7 +6,8 @@ chain; ``trainer_state.pt`` becomes the run's trainer state. Epochs come from th
 ``epoch`` or the digits that end the file name. ``.pt`` files are read with
 ``weights_only=True`` unless the caller trusts them. Every file gets a line in the report:
 imported, skipped and why. An epoch already in the run is skipped, so importing again
-only adds what is new.
+only adds what is new. A file ``castore export`` wrote comes back with its sidecar's
+metadata, step and metrics, and a ``.pt`` of a manager checkpoint as that very tree.
 """
 
 from __future__ import annotations
@@ -111,24 +112,27 @@ def _import(
         try:
             sidecar = _read_sidecar(candidate.sidecar) if candidate.sidecar else {}
         except _Skip as skip:
+            epoch = _epoch_of(candidate.path, {})
             items.append(
-                ImportItem(str(candidate.path), candidate.kind, None, "skipped", str(skip))
+                ImportItem(str(candidate.path), candidate.kind, epoch, "skipped", str(skip))
             )
             continue
         planned.append((candidate, _epoch_of(candidate.path, sidecar), sidecar))
 
-    taken: dict[str, set[int]] = {"checkpoint": set(), "trainer state": set()}
+    # kind -> epoch -> why another file of that epoch is skipped
+    taken: dict[str, dict[int, str]] = {"checkpoint": {}, "trainer state": {}}
     if manager is not None:
-        taken["checkpoint"].update(manager.run.epochs())
+        for epoch in manager.run.epochs():
+            taken["checkpoint"][epoch] = f"epoch {epoch} already in run {run}"
         if (latest := manager.trainer_run.latest()) is not None:
-            taken["trainer state"].add(latest)
+            taken["trainer state"][latest] = f"epoch {latest} already in the trainer state"
     planned.sort(key=lambda p: (p[0].kind, -1 if p[1] is None else p[1], str(p[0].path)))
     if dry_run:
         manager = None
     for candidate, named_epoch, sidecar in planned:
         item = ImportItem(str(candidate.path), candidate.kind, named_epoch, "would import")
         try:
-            item = _import_one(manager, run, candidate, item, sidecar, taken, trust=trust)
+            item = _import_one(manager, candidate, item, sidecar, taken, trust=trust)
         except _Skip as skip:
             item = replace(item, action="skipped", reason=str(skip))
         except (InvalidCheckpointError, ConflictError) as exc:
@@ -140,42 +144,39 @@ def _import(
 
 def _import_one(
     manager: CheckpointManager | None,
-    run: str,
     candidate: _Candidate,
     item: ImportItem,
     sidecar: dict[str, Any],
-    taken: dict[str, set[int]],
+    taken: dict[str, dict[int, str]],
     *,
     trust: bool,
 ) -> ImportItem:
     """Read one file (only now, so one file's tensors are in memory at a time) and
     commit it, unless its epoch is taken or this is a dry run (no ``manager``)."""
-    if item.epoch is not None and (skipped := _taken(item, run, candidate.kind, taken)):
+    if item.epoch is not None and (skipped := _taken(item, taken[candidate.kind])):
         return skipped
     obj, metadata = _read(candidate.path, trust=trust)
     metadata.update(sidecar)
     if item.epoch is None:
         item = replace(item, epoch=_epoch_of(candidate.path, metadata, required=True))
-        if skipped := _taken(item, run, candidate.kind, taken):
+        if skipped := _taken(item, taken[candidate.kind]):
             return skipped
     epoch: int = item.epoch  # type: ignore[assignment]
-    taken[candidate.kind].add(epoch)
-    if manager is None:
-        return item
-    return _commit(manager, candidate.kind, epoch, obj, metadata, item)
+    if manager is not None:
+        item = _commit(manager, candidate.kind, epoch, obj, metadata, item)
+    taken[candidate.kind][epoch] = f"epoch {epoch} is also in {candidate.path}, which goes first"
+    return item
 
 
-def _taken(item: ImportItem, run: str, kind: str, taken: dict[str, set[int]]) -> ImportItem | None:
-    """``item`` skipped if its epoch is there already, or for the trainer state (only
-    the latest is kept) if a newer one is; None when it can be imported."""
-    epochs = taken[kind]
-    if item.epoch in epochs:
-        where = f"run {run}" if kind == "checkpoint" else "the trainer state"
-        return replace(item, action="skipped", reason=f"epoch {item.epoch} already in {where}")
-    if kind == "trainer state" and epochs and item.epoch is not None and item.epoch < max(epochs):
-        reason = f"older than the trainer state of epoch {max(epochs)}; only the latest is kept"
-        return replace(item, action="skipped", reason=reason)
-    return None
+def _taken(item: ImportItem, taken: dict[int, str]) -> ImportItem | None:
+    """``item`` skipped if its epoch is in the store or came from another file already,
+    or for the trainer state (only the latest is kept) if a newer one is there; None
+    when it can be imported."""
+    assert item.epoch is not None
+    reason = taken.get(item.epoch)
+    if reason is None and item.kind == "trainer state" and taken and item.epoch < max(taken):
+        reason = f"older than the trainer state of epoch {max(taken)}; only the latest is kept"
+    return None if reason is None else replace(item, action="skipped", reason=reason)
 
 
 def _commit(
@@ -236,13 +237,11 @@ def _read(path: Path, *, trust: bool) -> tuple[Any, dict[str, Any]]:
     if path.suffix.lower() == ".safetensors":
         return _read_safetensors(path)
     obj = _read_torch(path, trust=trust)
-    if (
-        isinstance(obj, dict)
-        and set(obj) == {"agent", "metadata"}
-        and isinstance(obj["metadata"], dict)
-    ):  # the manager's own layout: castore export
-        return obj["agent"], dict(obj["metadata"])
-    return obj, _plain_entries(obj) if isinstance(obj, dict) else {}
+    if not isinstance(obj, dict):
+        return obj, {}
+    if set(obj) == {"agent", "metadata"} and isinstance(obj["metadata"], dict):
+        return obj["agent"], dict(obj["metadata"])  # the manager's layout: castore export
+    return obj, _plain_entries(obj)
 
 
 def _read_torch(path: Path, *, trust: bool) -> Any:
@@ -322,8 +321,11 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
             raise _Skip(f"reading {path.name} needs PyYAML (pip install castore[migrate])") from exc
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise _Skip(f"sidecar {path.name} is not valid YAML: {exc}") from exc
+        except yaml.YAMLError as exc:  # one line for the report: the problem and where
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise _Skip(f"sidecar {path.name} is not valid YAML: {problem}{where}") from exc
     if not isinstance(data, dict):
         raise _Skip(f"sidecar {path.name} is not a mapping")
     try:
@@ -337,9 +339,8 @@ def _from_export(sidecar: dict[str, Any]) -> dict[str, Any]:
     step (unless the metadata has one) and the metrics the metadata lacks or that an
     evaluator annotated since; any other sidecar as it is."""
     metadata, metrics = sidecar.get("metadata"), sidecar.get("metrics")
-    if not (sidecar.keys() >= _EXPORT_FIELDS and isinstance(metadata, dict)):
-        return sidecar
-    if not isinstance(metrics, dict):
+    exported = isinstance(metadata, dict) and isinstance(metrics, dict)
+    if not (exported and sidecar.keys() >= _EXPORT_FIELDS):
         return sidecar
     merged = {**metadata, "epoch": sidecar["epoch"]}
     merged.update((k, v) for k, v in metrics.items() if merged.get(k) != v)
