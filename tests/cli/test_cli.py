@@ -272,6 +272,22 @@ def test_console_script_help():
     assert "usage: castore" in result.stdout
 
 
+def test_help_imports_neither_torch_nor_pyarrow():
+    """``import castore`` is lazy (PEP 562), so the whole CLI parser loads in a blink."""
+    code = (
+        "import sys, castore, castore.cli.main\n"
+        "castore.cli.main.build_parser()\n"
+        "heavy = sorted({'torch', 'pyarrow', 'duckdb', 'fsspec'} & set(sys.modules))\n"
+        "print(heavy)\n"
+        "castore.CheckpointManager\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.split("\n")[:2] == ["[]", "True"]
+
+
 @pytest.mark.parametrize("module", [main_module, commands, render], ids=lambda m: m.__name__)
 def test_parser_modules_import_no_heavy_layer(module):
     """Building the parser must not pull in castore.api, torch, pyarrow or duckdb: the
