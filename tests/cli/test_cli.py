@@ -125,6 +125,31 @@ def test_show_epoch_table(capsys, store_url):
     assert "1 storage entries behind views not listed" in out
 
 
+def test_show_names_objects_saved_whole(capsys, tmp_path):
+    url = str(tmp_path / "store")
+    castore.open(url).run("agents").save(
+        {"agent": torch.nn.Linear(2, 2), "epoch": 3}, epoch=0, pickle=True
+    )
+    code, out, _ = run_cli(capsys, "show", url, "agents", "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["pickled"] == [{"path": "agent", "class": "torch.nn.modules.linear.Linear"}]
+    assert [t["name"] for t in shown["tensors"]] == ["agent.weight", "agent.bias"]
+    code, out, _ = run_cli(capsys, "show", url, "agents")
+    line = next(line for line in out.splitlines() if line.startswith("pickled"))
+    assert line.split(None, 1)[1] == (
+        "agent (torch.nn.modules.linear.Linear): loading needs trust=True"
+    )
+    code, out, _ = run_cli(capsys, "show", store_url_without_pickles(tmp_path), "r", "--json")
+    assert json.loads(out)["pickled"] == []
+
+
+def store_url_without_pickles(tmp_path: Path) -> str:
+    url = str(tmp_path / "plain")
+    castore.open(url).run("r").save({"w": torch.ones(2)}, epoch=0)
+    return url
+
+
 def test_best_highest_first(capsys, store_url):
     code, out, _ = run_cli(capsys, "best", store_url, "ppo", "--metric", "score", "-n", "2")
     assert code == 0

@@ -72,6 +72,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Show one checkpoint's tensors, and which of their chunks changed since its parent."""
+    from castore.snapshot.tree import pickled_objects
+
     store = open_store(args)
     run = existing_run(store, args.run)
     record = run.record(run.latest() if args.epoch is None else args.epoch)
@@ -109,6 +111,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         "new_bytes": record.new_bytes,
         "stored_bytes": record.stored_bytes,
         "storage_entries": n_storage,
+        "pickled": [
+            {"path": path, "class": name} for path, name in pickled_objects(record.skeleton)
+        ],
         "tensors": tensors,
     }
     _emit(args, shown, lambda: format_checkpoint(shown))

@@ -110,6 +110,9 @@ def format_checkpoint(shown: Mapping[str, Any]) -> str:
     header.append(("created", format_value("created_at", shown["created_at"])))
     header.append(("metrics", metrics or _MISSING))
     header += [(label, format_value(key, shown[key])) for key, label in BYTE_COLUMNS]
+    if shown["pickled"]:
+        objects = ", ".join(f"{o['path']} ({o['class']})" for o in shown["pickled"])
+        header.append(("pickled", f"{objects}: loading needs trust=True"))
     columns = [(key, key) for key in ("name", "dtype", "shape", "bytes", "chunks", "status")]
     text = [format_fields(header), "", format_table(shown["tensors"], columns)]
     if shown["storage_entries"]:
