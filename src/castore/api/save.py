@@ -243,10 +243,11 @@ def _reuse_digests(
     samples: dict[int, str] = {}
     if memo is None:
         return found, samples
+    views: dict[int, memoryview] = {}
     for index, (chunk, key) in enumerate(zip(chunks, keys, strict=True)):
         if key is not None and key in memo.digests:
             digest, sample = memo.digests[key]
-            samples[index] = sample_digest(chunk, entries)
+            samples[index] = sample_digest(chunk, entries, views)
             if samples[index] == sample:
                 found[index] = digest
     return found, samples
