@@ -9,7 +9,8 @@ Loads read files the run has just written, so they come from a warm page cache.
 ``--backend s3`` instead compares castore with torch.save + s3fs over two epochs on a
 moto S3 server in this process, with the bytes each side moved. ``--loads`` compares
 castore's eager, mmap and partial loads with safetensors' and torch's mapped loads, each
-reading every byte it returns, with the peak RSS of each castore load.
+reading every byte it returns, and with the eager loads of both (safetensors' ``pread``
+backend, ``torch.load(mmap=True)`` and a copy), with the peak RSS of each castore load.
 """
 
 from __future__ import annotations
@@ -49,7 +50,15 @@ PEERS = {
     "save": ("torch.save", "safetensors save_file"),
     "load": ("torch.load", "safetensors load_file"),
 }
-LOADS_PEERS = ("safetensors load_file + read", "torch.load mmap + read")
+# The --loads peers, by the JSON ratio field each case gets against them: two mapped loads
+# (nothing copied) and two eager ones (every byte copied into fresh memory, as castore's
+# eager load does).
+LOADS_PEERS = {
+    "x_safetensors": "safetensors load_file + read",
+    "x_torch_mmap": "torch.load mmap + read",
+    "x_safetensors_pread": "safetensors load_file pread + read",
+    "x_torch_copy": "torch.load mmap + copy + read",
+}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -135,7 +144,9 @@ def run_local(state: BenchState, workdir: str, repeat: int) -> list[Result]:
         ),
         (
             "castore raw",
-            lambda: bench_castore(state, workdir, repeat, "raw", resave=False, cold=False),
+            lambda: bench_castore(
+                state, workdir, repeat, "raw", resave=False, cold=False, unverified=True
+            ),
         ),
     ]
     results: list[Result] = []
@@ -174,9 +185,12 @@ def describe(
             *header,
             f"scratch: {os.path.dirname(workdir)}; best of {args.repeat}; WARM-CACHE; castore "
             "saved with codec=raw; every case reads every byte it returns (uint8 max per tensor)",
+            "before each attempt (untimed): the case's files are read; a case that fills new "
+            "memory first touches and frees 1.25x the state (see cases/loads.py)",
             "peak RSS: VmHWM rise during the load (no read) in a fresh interpreter / checkpoint "
             "size; blob bytes: castore blobs read per load",
-            "ratios: case time / peer time, so < 1 means castore is faster; GB = 1e9 bytes",
+            "ratios: case time / peer time (st = safetensors), so < 1 means castore is faster; "
+            "GB = 1e9 bytes",
         ]
     if not s3:
         return [
@@ -207,37 +221,36 @@ def local_fields(results: Sequence[Result]) -> dict[str, dict[str, object]]:
 
 
 def loads_fields(results: Sequence[Result]) -> dict[str, dict[str, object]]:
-    """Each loads case's ratios against the two mapped peers."""
+    """Each loads case's ratios against the mapped and the eager peers."""
     best = {r.case: r.best for r in results}
     return {
-        r.case: {f"x_{peer.split()[0]}": r.best / best[peer] for peer in LOADS_PEERS}
-        for r in results
+        r.case: {field: r.best / best[peer] for field, peer in LOADS_PEERS.items()} for r in results
     }
 
 
 def format_loads_table(results: Sequence[Result]) -> str:
-    """The loads table: times, ratios to the mapped peers, peak RSS and blob bytes read."""
+    """The loads table: times, ratios to the peers, peak RSS and blob bytes read."""
     ratio = loads_fields(results)
-    head = ("case", "best s", "median s", "GB/s", "x safetensors", "x torch mmap", "peak RSS")
-    head += ("blob bytes", "note")
+    head = ("case", "best s", "median s", "GB/s", "x st mmap", "x torch mmap", "x st pread")
+    head += ("x torch copy", "peak RSS", "blob bytes", "note")
     rows = []
     for r in results:
         fraction = r.extra.get("peak_rss_fraction")
         read = r.extra.get("blob_bytes_read", 0)
+        peer = r.case in LOADS_PEERS.values()
         rows.append(
             (
                 r.case,
                 f"{r.best:.3f}",
                 f"{r.median:.3f}",
                 f"{r.gb_per_s:.2f}",
-                f"{ratio[r.case]['x_safetensors']:.2f}",
-                f"{ratio[r.case]['x_torch.load']:.2f}",
+                *(f"{ratio[r.case][field]:.2f}" for field in LOADS_PEERS),
                 "" if fraction is None else f"{fraction:.1%}",
-                human_bytes(read) if read else "-" if r.case in LOADS_PEERS else "0",
+                human_bytes(read) if read else "-" if peer else "0",
                 r.note,
             )
         )
-    return aligned(head, rows, numeric={1, 2, 3, 4, 5, 6, 7})
+    return aligned(head, rows, numeric={1, 2, 3, 4, 5, 6, 7, 8, 9})
 
 
 def s3_ratios(results: Sequence[S3Result]) -> dict[str, float]:

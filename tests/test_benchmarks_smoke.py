@@ -27,6 +27,7 @@ CASES = [
     "castore auto load",
     "castore auto cold load",
     "castore raw load",
+    "castore raw load verify=False",
 ]
 
 

@@ -49,12 +49,20 @@ def _check_resave(case: str, info: object) -> None:
 
 
 def bench_castore(
-    state: BenchState, workdir: str, repeat: int, codec: Codec, *, resave: bool, cold: bool
+    state: BenchState,
+    workdir: str,
+    repeat: int,
+    codec: Codec,
+    *,
+    resave: bool,
+    cold: bool,
+    unverified: bool = False,
 ) -> list[Result]:
     """Save ``state`` ``repeat`` times into fresh stores, then load it back from the last.
 
     ``resave`` adds the unchanged re-save case, ``cold`` the load through a newly opened
-    store (nothing of the manifest cached in the process; the page cache stays warm).
+    store (nothing of the manifest cached in the process; the page cache stays warm),
+    ``unverified`` the load with ``verify=False``, which skips the BLAKE3 check.
     """
     original = state.tensors
     label = f"castore {codec}"
@@ -113,6 +121,11 @@ def bench_castore(
 
     loads = best_of(repeat, lambda _: store.run(RUN).load(0), check=check)
     results.append(Result(f"{label} load", "load", loads, state.nbytes, size))
+    if unverified:
+        fast = best_of(repeat, lambda _: store.run(RUN).load(0, verify=False), check=check)
+        results.append(
+            Result(f"{label} load verify=False", "load", fast, state.nbytes, size, "no BLAKE3")
+        )
     if cold:
         colds = best_of(repeat, lambda _: _open(url, codec).run(RUN).load(0), check=check)
         results.append(

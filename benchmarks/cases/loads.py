@@ -1,12 +1,16 @@
 """Loads for evaluators (``--loads``): eager, mmap and partial castore loads against the
-mapped loads of safetensors and torch, each followed by reading every byte it returned.
+mapped and the eager loads of safetensors and torch, each followed by reading every byte
+it returned.
 
 The state is saved once with ``codec="raw"`` (the fast-disk codec). Mapped loads read
 nothing until a tensor is used, so every case here reads each returned byte (a uint8
 ``max`` per tensor, inside the timed region) and the times compare what an evaluator
-pays to use the weights. Peak RSS is measured per case in a fresh interpreter
-(``rss_probe.py``) as the rise of ``VmHWM`` over the RSS just before the load, without
-the read, and shown as a fraction of the checkpoint.
+pays to use the weights. Before each attempt, untimed, the files the case reads are read
+once (``warm_page_cache``) and, for a case that fills new memory, as much memory as the
+state (and a quarter more) is touched and freed (``recycle_memory``): both undo what the
+reference VM does to idle memory, so that the times measure the loads. Peak RSS is
+measured per case in a fresh interpreter (``rss_probe.py``) as the rise of ``VmHWM`` over
+the RSS just before the load, without the read, and shown as a fraction of the checkpoint.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from cases.common import Result, best_of, check_equal, tree_bytes
 from castore._config import CACHE_DIR_ENV
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from cases.common import BenchState
 
@@ -39,6 +43,7 @@ __all__ = ["PARTIAL_SHARE", "bench_loads"]
 RUN = "bench"
 PARTIAL_SHARE = 0.10
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rss_probe.py")
+_READ_BLOCK = 4 << 20
 
 
 def read_every_byte(tree: object) -> object:
@@ -48,6 +53,43 @@ def read_every_byte(tree: object) -> object:
         if tensor.numel():
             tensor.reshape(-1).view(torch.uint8).max()
     return tree
+
+
+def warm_page_cache(paths: Sequence[str]) -> None:
+    """Read every file at or under ``paths``, so the case finds them in the page cache.
+
+    The reference VM runs DAMON with a ``pageout`` scheme: file pages that look idle for
+    a minute are dropped, and sampling every 0.5 s can miss a gigabyte read in 0.05 s
+    every 20 s. A case would then read some of its files from disk, at random.
+    """
+    buffer = bytearray(_READ_BLOCK)
+    for path in paths:
+        files = [path] if os.path.isfile(path) else glob.glob(f"{path}/**", recursive=True)
+        for name in files:
+            if os.path.isfile(name):
+                with open(name, "rb", buffering=0) as f:
+                    while f.readinto(buffer):
+                        pass
+
+
+def recycle_memory(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory and free it, so that the next attempt's allocations
+    get pages the hypervisor backs.
+
+    The reference VM's balloon driver reports freed memory to the host (free page
+    reporting), which takes it back about a second later; touching such a page again
+    costs a fault in the host: up to 1-2 s per GiB there, against 0.1-0.2 s for memory
+    freed just before. Without this, every eager load (castore's and the eager peers')
+    would pay it or not depending on what the case before it freed, and how long ago.
+    The memory is a torch tensor, as the loads allocate, so no allocator is favoured.
+    """
+    torch.ones(nbytes, dtype=torch.uint8)
+
+
+def copy_of_torch_mmap(path: str) -> dict[str, torch.Tensor]:
+    """``torch.load(mmap=True)``, each tensor then copied into memory."""
+    mapped = torch.load(path, mmap=True, weights_only=True)
+    return {name: tensor.clone() for name, tensor in mapped.items()}
 
 
 def partial_patterns(state: BenchState) -> list[str]:
@@ -91,6 +133,8 @@ class Case:
     rss: str | None
     check: Callable[[object], None]
     note: str
+    inputs: tuple[str, ...]
+    allocates: bool
 
 
 def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
@@ -126,19 +170,41 @@ def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
         load: Callable[[], object],
         disk: int,
         *,
+        inputs: tuple[str, ...] = (url,),
+        allocates: bool = True,
         prepare: Callable[[], None] | None = None,
         rss: str | None = None,
         checker: Callable[[object], None] = check,
         note: str = "",
     ) -> None:
-        cases.append(Case(name, load, disk, prepare, rss, checker, note))
+        cases.append(Case(name, load, disk, prepare, rss, checker, note, inputs, allocates))
 
     with cache_dir(os.path.join(workdir, "cache")):
-        case("safetensors load_file + read", lambda: load_file(st_path), tree_bytes(st_path))
+        case(
+            "safetensors load_file + read",
+            lambda: load_file(st_path),
+            tree_bytes(st_path),
+            inputs=(st_path,),
+            allocates=False,
+        )
         case(
             "torch.load mmap + read",
             lambda: torch.load(pt_path, mmap=True, weights_only=True),
             tree_bytes(pt_path),
+            inputs=(pt_path,),
+            allocates=False,
+        )
+        case(
+            "safetensors load_file pread + read",
+            lambda: load_file(st_path, backend="pread"),
+            tree_bytes(st_path),
+            inputs=(st_path,),
+        )
+        case(
+            "torch.load mmap + copy + read",
+            lambda: copy_of_torch_mmap(pt_path),
+            tree_bytes(pt_path),
+            inputs=(pt_path,),
         )
         case("castore raw load + read", lambda: run.load(0), size, rss="eager")
         case("castore raw load verify=False + read", lambda: run.load(0, verify=False), size)
@@ -154,6 +220,8 @@ def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
             "castore mmap load, reused + read",
             lambda: run.load(0, mmap=True),
             size,
+            inputs=(mapped,),
+            allocates=False,
             rss="mmap",
             note="file verified this boot",
         )
@@ -161,6 +229,8 @@ def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
             "castore mmap load, reused after reboot + read",
             lambda: run.load(0, mmap=True),
             size,
+            inputs=(mapped,),
+            allocates=False,
             prepare=forget_boot,
             rss="mmap",
             note="file re-hashed",
@@ -169,6 +239,8 @@ def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
             "castore mmap load, reused, verify=False + read",
             lambda: run.load(0, mmap=True, verify=False),
             size,
+            inputs=(mapped,),
+            allocates=False,
             rss="mmap-noverify",
             note="file mapped as is",
         )
@@ -192,6 +264,14 @@ def interleaved(
 ) -> list[Result]:
     """Run every case once per attempt, in order, ``repeat`` times, so that a busy spell
     of a shared machine slows all of them rather than one; then probe peak RSS."""
+
+    def prepare(c: Case) -> None:
+        if c.prepare is not None:
+            c.prepare()
+        warm_page_cache(c.inputs)
+        if c.allocates:
+            recycle_memory(nbytes + nbytes // 4)
+
     seconds: dict[str, list[float]] = {c.name: [] for c in cases}
     read: dict[str, int] = dict.fromkeys(seconds, 0)
     for attempt in range(repeat):
@@ -202,7 +282,7 @@ def interleaved(
                 1,
                 lambda _, c=c: read_every_byte(c.load()),
                 check=c.check,
-                prepare=None if c.prepare is None else lambda _, c=c: c.prepare(),
+                prepare=lambda _, c=c: prepare(c),
             )
             read[c.name] += (store.transfer_stats() - before).bytes_downloaded
     results = []

@@ -16,6 +16,8 @@ RUN_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 CASES = [
     "safetensors load_file + read",
     "torch.load mmap + read",
+    "safetensors load_file pread + read",
+    "torch.load mmap + copy + read",
     "castore raw load + read",
     "castore raw load verify=False + read",
     "castore mmap load, new file + read",
@@ -46,5 +48,6 @@ def test_loads_benchmark_runs_every_case(tmp_path):
     measured = [case for case in CASES if case.startswith(("castore raw load +", "castore mmap"))]
     assert all(rss[case] is not None for case in measured)
     assert rss["castore raw load verify=False + read"] is None
-    assert all(r["seconds_best"] > 0 and r["x_safetensors"] > 0 for r in results)
+    ratios = ("x_safetensors", "x_torch_mmap", "x_safetensors_pread", "x_torch_copy")
+    assert all(r["seconds_best"] > 0 and all(r[x] > 0 for x in ratios) for r in results)
     assert list(scratch.iterdir()) == []

@@ -1,8 +1,9 @@
 """Corrupt frames: decoding raises IntegrityError or FormatError, never returns wrong bytes.
 
-Every bit and every byte of small frames of each kind is flipped, through both decoders
-(``decode_frame`` and ``decode_frame_into``, the one loads use); truncations, trailing
-bytes, wrong lengths, wrong bases and forged sizes are tried one by one.
+Every bit and every byte of small frames of each kind is flipped, through every decoder
+(``decode_frame``, ``decode_frame_into``, and ``decode_blob_into``, the one loads use,
+which reads a raw payload straight into its output); truncations, trailing bytes, wrong
+lengths, wrong bases and forged sizes are tried one by one.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import pytest
 import zstandard
 
 from castore._config import CodecOptions
+from castore.blobstore.reader import BufferReader
 from castore.codec import decode_frame, decode_frame_into, encode_frame, hash_bytes
 from castore.codec import unpack_header as read_header
+from castore.codec.frame import decode_blob_into
 from castore.codec.header import CodecId, FilterFlags, FrameHeader, pack_header
 from castore.errors import BlobNotFoundError, FormatError, IntegrityError
 
@@ -52,6 +55,7 @@ KINDS = {
 }
 BASE_DIGEST_BYTES = range(16, 48)  # where a delta frame's base digest lies
 FILTER_BYTE = 6
+DECODERS = ["decode_frame", "decode_frame_into", "decode_blob_into"]
 
 
 def frame_of(kind: str) -> tuple[bytes, bytes]:
@@ -66,19 +70,27 @@ def get_base(digest: str) -> bytes:
     raise BlobNotFoundError(f"blob {digest[:12]} is missing", digest=digest)
 
 
-def decode(frame: bytes, data: bytes, into: bool) -> bytes:
+def decode_into(decoder: str, frame: bytes, out: np.ndarray, digest: str) -> None:
+    """``decode_frame_into``, or ``decode_blob_into`` from a reader over the frame."""
+    if decoder == "decode_blob_into":
+        decode_blob_into(BufferReader(frame), out, digest=digest, get_base=get_base)
+    else:
+        decode_frame_into(frame, out, digest=digest, get_base=get_base)
+
+
+def decode(frame: bytes, data: bytes, decoder: str) -> bytes:
     digest = hash_bytes(data)
-    if not into:
+    if decoder == "decode_frame":
         return decode_frame(frame, digest=digest, get_base=get_base)
     out = np.empty(len(data), dtype=np.uint8)
-    decode_frame_into(frame, out, digest=digest, get_base=get_base)
+    decode_into(decoder, frame, out, digest)
     return out.tobytes()
 
 
-def decode_or_none(frame: bytes, data: bytes, into: bool, position: int) -> bytes | None:
+def decode_or_none(frame: bytes, data: bytes, decoder: str, position: int) -> bytes | None:
     """Decoded bytes, or None when decoding failed with an error castore may raise."""
     try:
-        return decode(frame, data, into)
+        return decode(frame, data, decoder)
     except (IntegrityError, FormatError):
         return None
     except BlobNotFoundError:
@@ -102,13 +114,13 @@ def test_kinds_are_what_they_claim():
     assert [PLANE_ENTRY.unpack_from(frame, 16 + 9 * j)[0] for j in range(4)] == [0, 1, 1, 1]
     for kind in KINDS:
         frame, data = frame_of(kind)
-        assert decode(frame, data, into=False) == data
-        assert decode(frame, data, into=True) == data
+        for decoder in DECODERS:
+            assert decode(frame, data, decoder) == data
 
 
-@pytest.mark.parametrize("into", [False, True], ids=["decode_frame", "decode_frame_into"])
+@pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_bit_flips_never_yield_wrong_bytes(kind, into):
+def test_bit_flips_never_yield_wrong_bytes(kind, decoder):
     frame, data = frame_of(kind)
     header = read_header(frame)
     undetected = set()
@@ -116,7 +128,7 @@ def test_bit_flips_never_yield_wrong_bytes(kind, into):
         for bit in range(8):
             corrupt = bytearray(frame)
             corrupt[position] ^= 1 << bit
-            got = decode_or_none(bytes(corrupt), data, into, position)
+            got = decode_or_none(bytes(corrupt), data, decoder, position)
             if got is not None:
                 assert got == data, f"flip of bit {bit} at byte {position} decoded wrong bytes"
                 undetected.add(position)
@@ -130,26 +142,26 @@ def test_bit_flips_never_yield_wrong_bytes(kind, into):
         assert not undetected & set(table)
 
 
-@pytest.mark.parametrize("into", [False, True], ids=["decode_frame", "decode_frame_into"])
+@pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_every_byte_flip_is_detected(kind, into):
+def test_every_byte_flip_is_detected(kind, decoder):
     frame, data = frame_of(kind)
     undetected = []
     for position in range(len(frame)):
         corrupt = bytearray(frame)
         corrupt[position] ^= 0xFF
-        if decode_or_none(bytes(corrupt), data, into, position) is not None:
+        if decode_or_none(bytes(corrupt), data, decoder, position) is not None:
             undetected.append(position)
     assert undetected == []
 
 
-@pytest.mark.parametrize("into", [False, True], ids=["decode_frame", "decode_frame_into"])
+@pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_every_truncation_is_integrity_error(kind, into):
+def test_every_truncation_is_integrity_error(kind, decoder):
     frame, data = frame_of(kind)
     for cut in range(len(frame)):
         with pytest.raises(IntegrityError):
-            decode(frame[:cut], data, into)
+            decode(frame[:cut], data, decoder)
 
 
 def test_truncation_messages():
@@ -164,20 +176,20 @@ def test_truncation_messages():
 @pytest.mark.parametrize("kind", ["raw", "planes", "planes-mixed", "raw-delta", "planes-delta"])
 def test_trailing_bytes_are_integrity_errors(kind):
     frame, data = frame_of(kind)
-    for into in (False, True):
+    for decoder in DECODERS:
         with pytest.raises(IntegrityError, match=r"trailing bytes|holds \d+ bytes"):
-            decode(frame + b"junk", data, into)
+            decode(frame + b"junk", data, decoder)
 
 
-@pytest.mark.parametrize("into", [False, True], ids=["decode_frame", "decode_frame_into"])
-def test_bytes_after_a_zstd_frame_are_integrity_errors(into):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_bytes_after_a_zstd_frame_are_integrity_errors(decoder):
     frame, data = frame_of("zstd")
     with pytest.raises(IntegrityError):
-        decode(frame + b"junk", data, into)
+        decode(frame + b"junk", data, decoder)
 
 
-@pytest.mark.parametrize("into", [False, True], ids=["decode_frame", "decode_frame_into"])
-def test_bytes_after_a_zstd_plane_are_integrity_errors(into):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_bytes_after_a_zstd_plane_are_integrity_errors(decoder):
     frame, data = frame_of("planes")
     entries = [PLANE_ENTRY.unpack_from(frame, 16 + 9 * j) for j in range(4)]
     table = b"".join(
@@ -186,7 +198,7 @@ def test_bytes_after_a_zstd_plane_are_integrity_errors(into):
     )
     forged = frame[:16] + table + frame[16 + 36 :] + b"junk"
     with pytest.raises(IntegrityError):
-        decode(forged, data, into)
+        decode(forged, data, decoder)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -198,20 +210,22 @@ def test_wrong_expected_length(kind):
     with pytest.raises(IntegrityError, match=message) as info:
         decode_frame(frame, digest=digest, expected_length=n - 1, get_base=get_base)
     assert info.value.digest == digest
-    with pytest.raises(IntegrityError, match=message):
-        decode_frame_into(frame, np.empty(n - 1, np.uint8), digest=digest, get_base=get_base)
+    for decoder in DECODERS[1:]:
+        with pytest.raises(IntegrityError, match=message):
+            decode_into(decoder, frame, np.empty(n - 1, np.uint8), digest)
 
 
-@pytest.mark.parametrize("into", [False, True], ids=["decode_frame", "decode_frame_into"])
-def test_wrong_digest_message(into):
-    frame, _ = frame_of("planes")
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("kind", ["raw", "planes"])
+def test_wrong_digest_message(decoder, kind):
+    frame, _ = frame_of(kind)
     other = hash_bytes(b"other")
 
     def attempt() -> None:
-        if into:
-            decode_frame_into(frame, np.empty(64, np.uint8), digest=other)
-        else:
+        if decoder == "decode_frame":
             decode_frame(frame, digest=other)
+        else:
+            decode_into(decoder, frame, np.empty(64, np.uint8), other)
 
     with pytest.raises(IntegrityError) as info:
         attempt()
@@ -265,8 +279,9 @@ def test_decoded_length_beyond_ssize_t_is_integrity_error():
     frame[15] ^= 0x80  # decoded length 2**63 + 64
     with pytest.raises(IntegrityError):
         decode_frame(bytes(frame), digest=DIGEST)
-    with pytest.raises(IntegrityError):
-        decode_frame_into(bytes(frame), np.empty(64, np.uint8), digest=DIGEST)
+    for decoder in DECODERS[1:]:
+        with pytest.raises(IntegrityError):
+            decode_into(decoder, bytes(frame), np.empty(64, np.uint8), DIGEST)
 
 
 def test_manifest_length_is_checked_before_decompression():
@@ -302,9 +317,10 @@ def test_forged_zstd_content_size_is_caught_by_decode_frame(make):
 
 
 @pytest.mark.parametrize("make", [forged_zstd_frame, forged_planes_frame])
-def test_forged_zstd_content_size_is_caught_by_decode_frame_into(make):
+@pytest.mark.parametrize("decoder", DECODERS[1:])
+def test_forged_zstd_content_size_is_caught_by_decoding_into(make, decoder):
     with pytest.raises(IntegrityError, match="zstd payload declares 1152921504606846976 decoded"):
-        decode_frame_into(make(), np.empty(64, np.uint8), digest=DIGEST)
+        decode_into(decoder, make(), np.empty(64, np.uint8), DIGEST)
 
 
 def _with_byte(frame: bytes, position: int, value: int) -> bytes:

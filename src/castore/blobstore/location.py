@@ -21,6 +21,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from castore.blobstore.errors import backend_errors
+from castore.blobstore.reader import BlobReader, BufferReader, FileReader
 from castore.blobstore.retry import RetryPolicy, with_retries
 from castore.errors import ConflictError, InvalidCheckpointError, NotFoundError
 
@@ -95,6 +96,14 @@ class Location:
         if not self.is_local:
             return self.read(key)
         return self._io(f"reading {key}", lambda: _map_local(self.path(key)))
+
+    def open_reader(self, key: str) -> BlobReader:
+        """``key`` opened for reading by range: a local file stays on disk and is read into
+        the caller's memory; any other backend downloads it whole first."""
+        if not self.is_local:
+            return BufferReader(self.read(key))
+        path = self.path(key)
+        return self._io(f"reading {key}", lambda: FileReader(path, url=self.url))
 
     def write(self, key: str, parts: Sequence[Buffer]) -> None:
         """Write ``key`` whole from ``parts`` in order; an existing key is replaced (used for

@@ -25,6 +25,7 @@ from castore.blobstore.layout import (
     parse_blob_key,
     parse_gc_pending_name,
 )
+from castore.blobstore.reader import BlobReader, BufferReader
 from castore.blobstore.stats import TransferCounter, TransferStats
 from castore.errors import BlobNotFoundError, NotFoundError
 
@@ -64,14 +65,23 @@ class BlobStore:
         try:
             frame = self.location.read_view(blob_key(digest))
         except NotFoundError as exc:
-            raise BlobNotFoundError(
-                f"blob {short(digest)} is missing from the store; run 'castore verify' "
-                "to list the affected checkpoints",
-                digest=digest,
-                url=self.location.url,
-            ) from exc
+            raise _missing(digest, self.location.url) from exc
         self.counter.add("downloaded", len(frame))
         return frame
+
+    def reader(self, digest: Digest) -> BlobReader:
+        """The frame opened for a load to read in place (see ``blobstore.reader``); close it.
+
+        A local file is read by range; anything else comes through ``get``, whole.
+        """
+        if not self.location.is_local:
+            return BufferReader(self.get(digest))
+        try:
+            reader = self.location.open_reader(blob_key(digest))
+        except NotFoundError as exc:
+            raise _missing(digest, self.location.url) from exc
+        self.counter.add("downloaded", reader.size)
+        return reader
 
     def get_head(self, digest: Digest, size: int) -> bytes:
         """The first ``size`` bytes of a frame: enough to read its header."""
@@ -151,6 +161,15 @@ class BlobStore:
         self.location.delete(blob_key(digest))
 
 
+def _missing(digest: Digest, url: str) -> BlobNotFoundError:
+    return BlobNotFoundError(
+        f"blob {short(digest)} is missing from the store; run 'castore verify' "
+        "to list the affected checkpoints",
+        digest=digest,
+        url=url,
+    )
+
+
 def _pending_digests(data: bytes) -> frozenset[Digest]:
     """The blob digests a pending record lists (its format: maintenance.gc). gc refuses
     a malformed record and deletes nothing it lists, so none of it counts as pending."""
@@ -185,6 +204,10 @@ class CachedBlobStore(BlobStore):
         a load on this machine needs no download."""
         super().put(digest, parts)
         self.cache.put(digest, b"".join(parts))
+
+    def reader(self, digest: Digest) -> BlobReader:
+        """The frame through the cache (see ``get``), whole."""
+        return BufferReader(self.get(digest))
 
     def discard_cached(self, digest: Digest) -> bool:
         return self.cache.discard(digest)

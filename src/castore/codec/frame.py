@@ -3,7 +3,8 @@
 Encoding chain: [xor-delta against a base] -> raw | zstd | planes (byte grouping with a
 codec per plane). Decoding runs it backwards straight into the caller's buffer and
 verifies the BLAKE3 digest of the result there, so a reader never returns bytes that
-differ from what was hashed at save time.
+differ from what was hashed at save time. ``decode_blob_into`` does the same from an
+opened blob, reading a raw payload straight into the caller's buffer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from castore.errors import IntegrityError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Buffer", "decode_frame", "decode_frame_into", "encode_frame", "encode_frame_parts"]
+    from castore.blobstore.reader import BlobReader
+
+__all__ = [
+    "Buffer",
+    "decode_blob_into",
+    "decode_frame",
+    "decode_frame_into",
+    "encode_frame",
+    "encode_frame_parts",
+]
 
 Buffer = bytes | memoryview | np.ndarray
 
@@ -32,6 +42,8 @@ _SAMPLE_BYTES = 32 * 1024
 _SAMPLES = 4
 _PLANE_ENTRY = struct.Struct("<BQ")
 _DEFAULT_OPTIONS = CodecOptions()
+# The longest header: the fixed fields and a delta frame's base digest.
+_MAX_HEADER_BYTES = FrameHeader(CodecId.RAW, FilterFlags.XOR_DELTA, 1, 0, "00" * 32).size
 
 
 def encode_frame_parts(
@@ -113,6 +125,38 @@ def decode_frame_into(
         raise
 
 
+def decode_blob_into(
+    blob: BlobReader,
+    out: np.ndarray,
+    *,
+    digest: str,
+    get_base: Callable[[str], bytes] | None = None,
+    verify: bool = True,
+) -> None:
+    """Decode the frame ``blob`` holds into ``out``, with the checks of ``decode_frame_into``.
+
+    A raw frame's payload is read straight into ``out``, one copy from the page cache for
+    a local blob file, and hashed right after, while those bytes are still in the CPU's
+    caches; its length is checked against the header and ``out`` before anything is read.
+    Other frames are decoded from the whole frame.
+    """
+    try:
+        head = bytearray(min(blob.size, _MAX_HEADER_BYTES))
+        blob.read_into(0, memoryview(head))
+        header = unpack_header(head)
+        if header.codec != CodecId.RAW:
+            decode_frame_into(blob.frame(), out, digest=digest, get_base=get_base, verify=verify)
+            return
+        _read_raw_into(blob, header, out)
+        _apply_delta(header, out, get_base)
+        if verify:
+            check_digest(out, digest)
+    except IntegrityError as exc:
+        if exc.digest is None:
+            exc.digest = digest
+        raise
+
+
 def decode_frame(
     frame: bytes | memoryview,
     *,
@@ -183,10 +227,7 @@ def _decode_into(
     frame: memoryview, out: np.ndarray, get_base: Callable[[str], bytes] | None
 ) -> None:
     header = unpack_header(frame)
-    if header.decoded_length != out.size:
-        raise IntegrityError(
-            f"frame says {header.decoded_length} decoded bytes, the manifest says {out.size}"
-        )
+    _check_decoded_length(header, out)
     payload = frame[header.size :]
     if header.codec == CodecId.RAW:
         _copy_exact(out, payload, "raw frame")
@@ -194,10 +235,35 @@ def _decode_into(
         out[:] = np.frombuffer(zstd.decompress(payload, out.size), dtype=np.uint8)
     else:
         _decode_planes(payload, out, header.element_size)
-    if header.base_digest is not None:
-        if get_base is None:
-            raise IntegrityError(f"delta frame needs its base {header.base_digest[:12]}…")
-        xor_into(out, get_base(header.base_digest))
+    _apply_delta(header, out, get_base)
+
+
+def _read_raw_into(blob: BlobReader, header: FrameHeader, out: np.ndarray) -> None:
+    """A raw frame's payload straight into ``out``, its length checked before the read."""
+    _check_decoded_length(header, out)
+    if blob.size - header.size != out.size:
+        raise IntegrityError(
+            f"raw frame holds {blob.size - header.size} bytes, header says {out.size}"
+        )
+    blob.read_into(header.size, memoryview(out))
+
+
+def _check_decoded_length(header: FrameHeader, out: np.ndarray) -> None:
+    if header.decoded_length != out.size:
+        raise IntegrityError(
+            f"frame says {header.decoded_length} decoded bytes, the manifest says {out.size}"
+        )
+
+
+def _apply_delta(
+    header: FrameHeader, out: np.ndarray, get_base: Callable[[str], bytes] | None
+) -> None:
+    """XOR a delta frame's decoded payload in ``out`` with its base; nothing otherwise."""
+    if header.base_digest is None:
+        return
+    if get_base is None:
+        raise IntegrityError(f"delta frame needs its base {header.base_digest[:12]}…")
+    xor_into(out, get_base(header.base_digest))
 
 
 def _decode_planes(payload: memoryview, out: np.ndarray, planes: int) -> None:

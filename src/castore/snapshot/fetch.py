@@ -2,8 +2,10 @@
 
 A blob that is exactly one entry's range (every chunk of a large tensor) is decoded
 straight into its destination when the destination is memory; a pack, a partial range,
-or a file destination goes through a per-load scratch buffer. Digests are verified where
-the bytes are decoded, before any of them is used.
+or a file destination goes through a per-load scratch buffer. A load opens each blob
+with ``BlobStore.reader``, so a raw frame on local disk is read from the page cache
+into that memory with one copy (``codec.frame.decode_blob_into``). Digests are verified
+where the bytes are decoded, before any of them is used.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from castore._concurrency import bounded_map
 from castore.blobstore.digest import Digest
-from castore.codec.frame import decode_frame_into
+from castore.codec.frame import decode_blob_into, decode_frame_into
 from castore.errors import CastoreError, IntegrityError
 
 if TYPE_CHECKING:
@@ -123,27 +125,40 @@ class ScratchPool:
 def fetch_into(blobs: BlobStore, digest: Digest, out: np.ndarray, *, verify: bool = True) -> None:
     """Fetch one blob and decode it into ``out``, verifying it there unless ``verify`` is off.
 
-    A delta frame's base is fetched the same way. A frame that fails its check is fetched
-    once more from the store when the first copy came from the local cache (which is then
-    discarded): the store's copy decides.
+    The frame comes whole from ``BlobStore.get`` (one-off reads: maintenance, delta
+    bases at save time); a load's jobs read it in place instead. A delta frame's base is
+    fetched the same way. A frame that fails its check is fetched once more from the
+    store when the first copy came from the local cache (which is then discarded): the
+    store's copy decides.
     """
-    _fetch_into(blobs, digest, out, verify=verify, from_store=False)
+    _fetch_into(blobs, digest, out, verify=verify, in_place=False)
 
 
 def _fetch_into(
-    blobs: BlobStore, digest: Digest, out: np.ndarray, *, verify: bool, from_store: bool
+    blobs: BlobStore,
+    digest: Digest,
+    out: np.ndarray,
+    *,
+    verify: bool,
+    in_place: bool,
+    from_store: bool = False,
 ) -> None:
     def base_bytes(base: str) -> np.ndarray:
         decoded = np.empty(out.size, dtype=np.uint8)
-        _fetch_into(blobs, Digest(base), decoded, verify=verify, from_store=False)
+        _fetch_into(blobs, Digest(base), decoded, verify=verify, in_place=in_place)
         return decoded
 
     try:
-        decode_frame_into(blobs.get(digest), out, digest=digest, get_base=base_bytes, verify=verify)
+        if in_place:
+            with blobs.reader(digest) as blob:
+                decode_blob_into(blob, out, digest=digest, get_base=base_bytes, verify=verify)
+        else:
+            frame = blobs.get(digest)
+            decode_frame_into(frame, out, digest=digest, get_base=base_bytes, verify=verify)
     except IntegrityError:
         if from_store or not blobs.discard_cached(digest):
             raise
-        _fetch_into(blobs, digest, out, verify=verify, from_store=True)
+        _fetch_into(blobs, digest, out, verify=verify, in_place=in_place, from_store=True)
 
 
 def fetch_jobs(
@@ -196,10 +211,10 @@ def _run_job(
         piece = job.pieces[0]
         out = destination.view(piece.entry, piece.position, piece.length)
         if out is not None:
-            fetch_into(blobs, job.digest, out, verify=verify)
+            _fetch_into(blobs, job.digest, out, verify=verify, in_place=True)
             return
     with pool.take(job.blob_length) as scratch:
-        fetch_into(blobs, job.digest, scratch, verify=verify)
+        _fetch_into(blobs, job.digest, scratch, verify=verify, in_place=True)
         for piece in job.pieces:
             data = scratch[piece.offset : piece.offset + piece.length]
             destination.write(piece.entry, piece.position, data)

@@ -6,15 +6,18 @@ else in the file. The file is named by a digest of that layout and of the chunks
 fill it, under ``<cache dir>/mmap/``, so loading the same tensors again, from any run or
 store, maps the file already there.
 
-Building: blobs are decoded on threads into a per-load scratch buffer and written at their
-offsets with ``pwrite`` into ``<name>.tmp-<random>``, which is renamed to ``<name>.bin``
-only once every blob has been written and verified; a crashed or failed load leaves at
-worst a temporary file, never reused and removed a day later. Decoding into a shared
-writable mapping of the file instead costs a page fault per page written and was 3-4x
-slower on the reference VM, and a full disk would kill the process with SIGBUS where
-``pwrite`` raises; the space is reserved first (``posix_fallocate`` where there is one),
-so a full disk fails the load before anything is fetched. Memory stays a few blobs per
-worker, whatever the checkpoint's size.
+Building: blobs are decoded on threads into a per-load scratch buffer (a raw frame on
+local disk is read into it straight from the page cache, see ``fetch``), hashed there
+while it is in the CPU's caches, and written at their offsets with ``pwrite`` into
+``<name>.tmp-<random>``, which is renamed to ``<name>.bin`` only once every blob has been
+written and verified; a crashed or failed load leaves at worst a temporary file, never
+reused and removed a day later. Decoding (or reading a raw payload) into a shared
+writable mapping of the file instead costs a page fault per page written and was slower
+on the reference VM, as was ``copy_file_range`` from the blob files (ext4 copies through
+the page cache, and the bytes must be read anyway to be hashed); and a full disk would
+kill the process with SIGBUS where ``pwrite`` raises. The space is reserved first
+(``posix_fallocate`` where there is one), so a full disk fails the load before anything
+is fetched. Memory stays a few blobs per worker, whatever the checkpoint's size.
 
 Mapping: ``torch.UntypedStorage.from_file(path, shared=False)`` opens the file read-only
 and maps it ``MAP_PRIVATE``: pages load on first touch and can be evicted again, and a
