@@ -183,6 +183,21 @@ def test_retention_keeps_last_and_best_and_always_the_latest(url):
     assert only_best.run.epochs() == [1, 3]
 
 
+def test_retention_before_any_checkpoint_has_the_metric(url):
+    manager = castore.CheckpointManager(url, "ppo", keep_best=1)
+    for epoch in range(3):
+        manager.save_agent({"w": torch.ones(1)}, epoch, {"loss": 1.0})
+    assert manager.run.epochs() == [0, 1, 2]
+    both = castore.CheckpointManager(url, "both", keep_last=2, keep_best=1)
+    for epoch in range(4):
+        both.save_agent({"w": torch.ones(1)}, epoch, {"loss": 1.0})
+    assert both.run.epochs() == [2, 3]
+    both.save_agent({"w": torch.ones(1)}, 4, {"score": 0.5})
+    both.save_agent({"w": torch.ones(1)}, 5, {"score": 0.1})
+    both.save_agent({"w": torch.ones(1)}, 6, {"score": 0.2})
+    assert both.run.epochs() == [4, 5, 6]
+
+
 def test_trainer_state_replaces_the_previous_one(url):
     manager = castore.CheckpointManager(url, "ppo")
     opt = torch.optim.SGD(Policy().parameters(), lr=0.1, momentum=0.9)

@@ -100,15 +100,23 @@ class CheckpointManager:
 
         def write() -> str:
             self.commit_agent(agent, epoch, meta)
-            if self.keep_last or self.keep_best:
-                self.run.retain(
-                    keep_last=max(self.keep_last, 1),
-                    keep_best=self.keep_best,
-                    metric=self.metric,
-                )
+            self._retain()
             return self.uri(epoch)
 
         return on_rank_zero(write)
+
+    def _retain(self) -> None:
+        """Apply the retention options; while no checkpoint has the ranking metric yet,
+        only ``keep_last`` applies (the save itself has succeeded either way)."""
+        if not (self.keep_last or self.keep_best):
+            return
+        try:
+            self.run.retain(
+                keep_last=max(self.keep_last, 1), keep_best=self.keep_best, metric=self.metric
+            )
+        except NotFoundError:
+            if self.keep_last:
+                self.run.retain(keep_last=self.keep_last)
 
     def commit_agent(self, agent: object, epoch: int, meta: SplitMetadata) -> SaveInfo:
         """The save behind ``save_agent``, on this process, without retention."""
