@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from castore.errors import InvalidCheckpointError
+from castore.errors import InvalidCheckpointError, UnsafeLoadError
 from castore.manifest.schema import check_metric_name
-from castore.snapshot.tree import pickled_objects, unflatten_tree
+from castore.snapshot.tree import unflatten_tree
 
 __all__ = ["SplitMetadata", "saved_metadata", "split_metadata"]
 
@@ -63,10 +63,10 @@ def saved_metadata(skeleton: str) -> dict[str, Any]:
     root = json.loads(skeleton)
     for key, node in root.get("dict", ()) if isinstance(root, dict) else ():
         if key == "metadata":
-            text = json.dumps(node)
-            if pickled_objects(text):
+            try:
+                value = unflatten_tree(json.dumps(node), [])
+            except UnsafeLoadError:
                 return {}
-            value = unflatten_tree(text, [])
             return value if isinstance(value, dict) else {}
     return {}
 
