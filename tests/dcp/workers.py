@@ -43,6 +43,15 @@ def spawn(fn, world: int, *args) -> None:
     )
 
 
+def _leave() -> None:
+    """End a rank that passed without interpreter teardown: the device mesh keeps the
+    gloo process group alive into shutdown, where a gloo worker thread freeing its last
+    allreduce work may need the GIL and abort the process (SIGABRT, about one run in ten;
+    see benchmarks/dcp.py, leave_without_teardown)."""
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def _init(rank: int, world: int, port: int):
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -169,7 +178,7 @@ def save_world(rank: int, world: int, port: int, url: str, directory: str) -> No
     assert record.parent_epoch == 1, record
     assert record.new_blobs > 0, record
     assert any(chunk.base for ref in record.tensors for chunk in ref.chunks), "no delta frame"
-    dist.destroy_process_group()
+    _leave()
 
 
 def load_world(rank: int, world: int, port: int, url: str, directory: str) -> None:
@@ -195,7 +204,7 @@ def load_world(rank: int, world: int, port: int, url: str, directory: str) -> No
     state = _state(model, optimizer, mesh, torch.ones(6, 10, dtype=torch.float64), step=3)
     _oracle(directory, 4, state, rank)
     dcp.save(state, storage_writer=StorageWriter(url, RUN, 4, step=3, metrics={"loss": 0.0}))
-    dist.destroy_process_group()
+    _leave()
 
 
 def crash_world(rank: int, world: int, port: int, url: str) -> None:
