@@ -14,7 +14,9 @@ import torch
 
 import castore
 import castore.api.save as save_module
-from castore.blobstore.layout import GC_PREFIX, blob_key
+from castore.blobstore.layout import GC_PREFIX, GC_RESCUE_PREFIX, blob_key
+from castore.codec.hashing import hash_bytes
+from castore.maintenance.gc import plan_gc
 from castore.manifest.writer import write_part
 
 SMALL_CHUNKS = castore.ChunkingOptions(chunk_bytes=16 * 1024, pack_below_bytes=4 * 1024)
@@ -99,6 +101,72 @@ def test_blobs_of_a_save_committing_between_the_passes_are_kept(backend, monkeyp
     assert first[0].pending_blobs == info.blobs_written > 0
     second = collector.gc(grace_s=0, now=now)
     assert (second.deleted_blobs, second.kept) == (0, info.blobs_written)
+    assert open_store(backend).verify().ok
+
+
+class RewriteAfterCheck:
+    """A Location whose ``stat`` of one key runs ``rewrite`` after answering, so a save
+    rewrites that blob between gc's check of its modification time and its delete."""
+
+    def __init__(self, location, key, rewrite):
+        self._location, self._key, self._rewrite = location, key, rewrite
+
+    def stat(self, key):
+        found = self._location.stat(key)
+        if key == self._key:
+            self._rewrite()
+        return found
+
+    def __getattr__(self, name):
+        return getattr(self._location, name)
+
+
+def test_a_rewrite_between_gcs_check_and_delete_is_restored(backend):
+    store = open_store(backend)
+    w = torch.randn(4096)  # one 16 KiB chunk
+    store.run("r").save({"w": w}, epoch=0)
+    store.run("r").delete(0)
+    now = time.time() + LATER
+    assert store.gc(grace_s=0, now=now).pending_blobs == 1
+    collector = open_store(backend)
+    plan = plan_gc(collector.blobs, grace_s=0, workers=2, now=now)
+    (candidate,) = plan.delete
+    saves = []
+
+    def save_again():
+        saves.append(open_store(backend).run("r").save({"w": w}, epoch=1))
+
+    racing = RewriteAfterCheck(collector.location, candidate.key, save_again)
+    report = plan.execute(racing, workers=2, now=now)
+
+    assert saves[0].blobs_written == 1, "the save wrote the recorded blob again"
+    assert (report.deleted_blobs, report.restored) == (1, 1)
+    assert raw_blobs(backend) == {candidate.digest}
+    assert torch.equal(open_store(backend).run("r").load(1)["w"], w)
+    assert open_store(backend).verify().ok
+    backend.raw_fs.invalidate_cache()
+    assert not backend.raw_fs.exists(backend.raw_path(GC_RESCUE_PREFIX + "/" + candidate.digest))
+
+
+def test_a_young_rescue_copy_outlives_the_pass_and_an_old_one_goes(backend):
+    store = open_store(backend)
+    w = torch.randn(4096)
+    store.run("r").save({"w": w}, epoch=0)
+    store.run("r").delete(0)
+    now = time.time() + LATER
+    store.gc(grace_s=0, now=now)
+    info = store.run("r").save({"w": w}, epoch=1)  # rewrites the recorded blob, with a copy
+    assert info.blobs_written == 1
+    rescue = backend.raw_path(f"{GC_RESCUE_PREFIX}/{hash_bytes(w.numpy().tobytes())}")
+    backend.raw_fs.invalidate_cache()
+    assert backend.raw_fs.exists(rescue)
+
+    young = store.gc(grace_s=3600, now=now)
+    backend.raw_fs.invalidate_cache()
+    assert (young.restored, backend.raw_fs.exists(rescue)) == (0, True)
+    old = store.gc(grace_s=0, now=now)
+    backend.raw_fs.invalidate_cache()
+    assert (old.restored, old.deleted_blobs, backend.raw_fs.exists(rescue)) == (0, 0, False)
     assert open_store(backend).verify().ok
 
 

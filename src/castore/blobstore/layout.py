@@ -7,6 +7,7 @@ runs/<run>/manifest/<epoch:010d>.parquet       one immutable part per commit
 runs/<run>/metrics/<epoch:010d>-<us:016d>-<id>.parquet
                                                metrics attached later, one part each
 gc/pending-<us:016d>-<id>.json                 garbage collection candidates of one pass
+gc/rescue/<d>                                  a copy of a recorded blob a writer rewrote
 <any key>.tmp-<32 hex>                         a local write in progress (or crashed)
 ```
 """
@@ -21,6 +22,7 @@ from castore.errors import InvalidCheckpointError
 __all__ = [
     "BLOBS_PREFIX",
     "GC_PREFIX",
+    "GC_RESCUE_PREFIX",
     "MAX_EPOCH",
     "RUNS_PREFIX",
     "STORE_CONFIG_KEY",
@@ -29,11 +31,13 @@ __all__ = [
     "blob_key",
     "check_run_name",
     "gc_pending_key",
+    "gc_rescue_key",
     "is_temporary_key",
     "manifest_prefix",
     "parse_annotation_name",
     "parse_blob_key",
     "parse_gc_pending_name",
+    "parse_gc_rescue_key",
     "parse_part_name",
     "part_key",
 ]
@@ -42,6 +46,7 @@ STORE_CONFIG_KEY = "castore.json"
 BLOBS_PREFIX = "blobs"
 RUNS_PREFIX = "runs"
 GC_PREFIX = "gc"
+GC_RESCUE_PREFIX = f"{GC_PREFIX}/rescue"
 MAX_EPOCH = 10**10 - 1
 
 _RUN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,127}")
@@ -126,6 +131,19 @@ def parse_gc_pending_name(name: str) -> int | None:
     """The creation time (microseconds) a pending record's name encodes, or None."""
     match = _GC_PENDING_NAME_RE.fullmatch(name.rsplit("/", 1)[-1])
     return int(match.group(1)) if match else None
+
+
+def gc_rescue_key(digest: str) -> str:
+    """Where a writer copies a blob it rewrites while a pending record lists it."""
+    if not is_digest(digest):
+        raise ValueError(f"not a digest: {digest!r}")
+    return f"{GC_RESCUE_PREFIX}/{digest}"
+
+
+def parse_gc_rescue_key(key: str) -> Digest | None:
+    """The digest a rescue copy's key names, or None for anything else."""
+    folder, _, name = key.strip("/").rpartition("/")
+    return Digest(name) if folder == GC_RESCUE_PREFIX and is_digest(name) else None
 
 
 def is_temporary_key(key: str) -> bool:

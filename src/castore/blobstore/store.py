@@ -7,6 +7,8 @@ Blobs are immutable and content-addressed, so a put that finds the key already t
 Blobs that garbage collection has recorded as candidates (``gc/pending-*.json``) count
 as absent in ``has_many``: a save then writes them again rather than rely on a blob the
 next gc pass may delete, and gc keeps a candidate whose modification time has changed.
+Such a rewrite is preceded by a copy under ``gc/rescue/``, from which a pass that
+deleted the blob between its check and the rewrite puts it back (``maintenance.gc``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from castore.blobstore.layout import (
     BLOBS_PREFIX,
     GC_PREFIX,
     blob_key,
+    gc_rescue_key,
     parse_blob_key,
     parse_gc_pending_name,
 )
@@ -49,14 +52,21 @@ class BlobStore:
         self.location = location
         self.transfer = transfer or TransferOptions()
         self.counter = TransferCounter()
-        self._pending: dict[str, frozenset[Digest]] = {}
+        self._pending: dict[str, frozenset[Digest]] | None = None
         self._pending_lock = threading.Lock()
 
     def stats(self) -> TransferStats:
         return self.counter.snapshot()
 
     def put(self, digest: Digest, parts: Sequence[Buffer]) -> None:
-        """Write a frame given as buffers in order (never joined on local disk)."""
+        """Write a frame given as buffers in order (never joined on local disk).
+
+        A blob that a pending record lists (as of this store's last look, see
+        ``pending_deletions``) is first copied to ``gc/rescue/``: the pass sweeping that
+        record may check the blob just before this write and delete it just after.
+        """
+        if digest in self._recorded():
+            self.location.write(gc_rescue_key(digest), parts)
         self.location.write(blob_key(digest), parts)
         self.counter.add("uploaded", sum(memoryview(part).nbytes for part in parts))
 
@@ -130,18 +140,25 @@ class BlobStore:
         """
         names = [n for n in self.location.list_names(GC_PREFIX) if parse_gc_pending_name(n)]
         with self._pending_lock:
-            self._pending = {n: d for n, d in self._pending.items() if n in names}
+            known = {n: d for n, d in (self._pending or {}).items() if n in names}
         for name in names:
-            if name not in self._pending:
+            if name not in known:
                 try:
                     data = self.location.read(f"{GC_PREFIX}/{name}")
                 except NotFoundError:  # swept by a gc pass since the listing
                     continue
-                digests = _pending_digests(data)
-                with self._pending_lock:
-                    self._pending[name] = digests
+                known[name] = _pending_digests(data)
         with self._pending_lock:
-            return frozenset().union(*self._pending.values())
+            self._pending = known
+        return self._recorded()
+
+    def _recorded(self) -> frozenset[Digest]:
+        """The digests pending records listed at the last look; the first call looks."""
+        with self._pending_lock:
+            known = self._pending
+        if known is None:
+            return self.pending_deletions()
+        return frozenset().union(*known.values())
 
     def sizes(self) -> dict[Digest, int]:
         """Every blob in the store with its stored (frame) size; foreign files are ignored."""

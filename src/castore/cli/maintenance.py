@@ -177,7 +177,7 @@ def parse_duration(text: str) -> float:
 def _gc_lines(report: GcReport) -> list[tuple[str, str]]:
     grace = _duration_text(report.grace_s)
     dry = report.dry_run
-    return [
+    lines = [
         (
             "blobs",
             f"{report.n_blobs} in the store, {report.n_referenced} referenced by "
@@ -201,6 +201,11 @@ def _gc_lines(report: GcReport) -> list[tuple[str, str]]:
             f"{report.pending_temporaries} {'to record' if dry else 'recorded'}",
         ),
     ]
+    if report.restored:
+        lines.append(
+            ("restored", f"{_plural(report.restored, 'blob')} a save rewrote during the sweep")
+        )
+    return lines
 
 
 def _verify_text(report: VerifyReport, repair: RepairReport | None, source: str | None) -> str:

@@ -10,6 +10,12 @@ Each pass (``plan_gc`` then ``GcPlan.execute``) does two things:
    least ``grace_s`` ago and in no record yet become candidates, written to a new
    record (see ``pending``) stamped when it is written, after this pass's mark.
 
+Between the sweep and the record, a pass puts back every blob a writer copied to
+``gc/rescue/`` that is now missing. The check of a candidate's modification time and its
+delete are two requests; a writer that rewrites a recorded blob in between would lose
+it, so writers copy such a blob there first (``BlobStore.put``), and the copy outlives
+the sweep that might have deleted the rewrite.
+
 The mark reads every part of every run (digests and delta bases, from Parquet alone).
 Why that is safe, given the one assumption that no save runs longer than ``grace_s``: a
 save that relied on a candidate without writing it checked for it before the record
@@ -27,7 +33,13 @@ from typing import TYPE_CHECKING
 
 from castore._concurrency import bounded_map
 from castore.blobstore.digest import Digest
-from castore.blobstore.layout import blob_key, is_temporary_key, parse_blob_key
+from castore.blobstore.layout import (
+    GC_RESCUE_PREFIX,
+    blob_key,
+    is_temporary_key,
+    parse_blob_key,
+    parse_gc_rescue_key,
+)
 from castore.codec.header import unpack_header
 from castore.errors import IntegrityError, InvalidCheckpointError, NotFoundError
 from castore.maintenance.pending import GcCandidate, read_records, write_record
@@ -49,7 +61,8 @@ _SAME_TIME_S = 2e-6
 class GcReport:
     """What a pass did (or, with ``dry_run``, would do). ``kept``: swept candidates
     found referenced or rewritten since they were recorded; ``waiting``: candidates of
-    records younger than the grace period, left for a later pass."""
+    records younger than the grace period, left for a later pass; ``restored``: blobs
+    put back from their rescue copies (a writer rewrote them during a sweep)."""
 
     dry_run: bool
     grace_s: float
@@ -66,6 +79,7 @@ class GcReport:
     pending_temporaries: int
     waiting: int
     pending_key: str | None
+    restored: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +105,11 @@ class GcPlan:
         return self._report(self.delete, kept=0, pending_key=None, dry_run=True)
 
     def execute(self, location: Location, *, workers: int, now: float | None = None) -> GcReport:
-        """Delete, then remove the swept records, then write the new one.
+        """Delete, restore rescued blobs, remove the swept records, write the new one.
 
         The order matters: a save that finds a swept record gone finds its blobs gone
-        too. The new record is stamped ``now``, by default the time it is written.
+        too, and a rewrite that raced a delete is restored before anyone relies on the
+        record's removal. The new record is stamped ``now``, by default when written.
         """
 
         def delete_if_unchanged(candidate: GcCandidate) -> bool:
@@ -107,6 +122,7 @@ class GcPlan:
         done = bounded_map(
             delete_if_unchanged, self.delete, size_of=_zero, workers=workers, max_in_flight_bytes=1
         )
+        restored = restore_rescued(location, older_than_s=self.now_s - self.grace_s)
         for key in self.swept:
             location.delete(key)
         pending_key = (
@@ -116,11 +132,21 @@ class GcPlan:
         )
         deleted = tuple(c for c, ok in zip(self.delete, done, strict=True) if ok)
         return self._report(
-            deleted, kept=len(self.delete) - len(deleted), pending_key=pending_key, dry_run=False
+            deleted,
+            kept=len(self.delete) - len(deleted),
+            pending_key=pending_key,
+            dry_run=False,
+            restored=restored,
         )
 
     def _report(
-        self, deleted: tuple[GcCandidate, ...], *, kept: int, pending_key: str | None, dry_run: bool
+        self,
+        deleted: tuple[GcCandidate, ...],
+        *,
+        kept: int,
+        pending_key: str | None,
+        dry_run: bool,
+        restored: int = 0,
     ) -> GcReport:
         blobs = [c for c in deleted if c.digest is not None]
         recorded = [c for c in self.record if c.digest is not None]
@@ -140,7 +166,29 @@ class GcPlan:
             pending_temporaries=len(self.record) - len(recorded),
             waiting=self.waiting,
             pending_key=pending_key,
+            restored=restored,
         )
+
+
+def restore_rescued(location: Location, *, older_than_s: float) -> int:
+    """Put back each blob with a rescue copy that is missing; return how many.
+
+    Copies last modified at or before ``older_than_s`` (one grace period before the
+    pass began) are removed after: the saves that wrote them have committed or died by
+    then, and any pass that could have deleted their rewrite has restored it. Younger
+    copies stay for a pass that may still be between a check and a delete.
+    """
+    restored = 0
+    for key, stat in sorted(location.find_stats(GC_RESCUE_PREFIX).items()):
+        digest = parse_gc_rescue_key(key)
+        if digest is None:
+            continue
+        if not location.exists(blob_key(digest)):
+            location.write(blob_key(digest), [location.read(key)])
+            restored += 1
+        if stat.mtime_s is not None and stat.mtime_s <= older_than_s:
+            location.delete(key)
+    return restored
 
 
 def plan_gc(blobs: BlobStore, *, grace_s: float, workers: int, now: float | None = None) -> GcPlan:
