@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import threading
+from datetime import UTC, datetime
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 import castore
-from castore.blobstore.layout import annotation_prefix
+from castore.blobstore.layout import annotation_key, annotation_prefix
 
 
 def open_store(backend):
@@ -53,9 +57,47 @@ def test_annotate_refuses_unknown_epoch_and_bad_metrics(backend):
         run.annotate(4, {"score": 1.0})
     with pytest.raises(castore.InvalidCheckpointError, match="reserved"):
         run.annotate(0, {"epoch": 1.0})
+    with pytest.raises(castore.InvalidCheckpointError, match="reserved"):
+        run.annotate(0, {"checkpoint_created_at": 1.0})
     with pytest.raises(castore.InvalidCheckpointError, match="at least one metric"):
         run.annotate(0, {})
     assert not backend.raw_fs.exists(backend.raw_path(annotation_prefix("r")))
+
+
+def test_a_score_for_a_forgotten_commit_never_attaches_to_a_later_save(backend):
+    trainer = open_store(backend).run("r")
+    trainer.save({"w": torch.ones(2)}, epoch=0)
+    evaluator = open_store(backend).run("r")
+    evaluator.open(0)  # found the checkpoint, then scores it slowly
+    trainer.delete(0)
+    trainer.save({"w": torch.zeros(2)}, epoch=0, metrics={"score": 0.1})
+    evaluator.annotate(0, {"score": 0.9, "old": 1.0})  # lands after forget and re-save
+
+    names = backend.raw_fs.ls(backend.raw_path(annotation_prefix("r")), detail=False)
+    assert len(names) == 1, "the late part is there"
+    fresh = open_store(backend).run("r")
+    assert fresh.open(0).metrics == {"score": 0.1}
+    assert fresh.checkpoints()["score"].tolist() == [0.1]
+    assert "old" not in fresh.checkpoints().columns
+    fresh.annotate(0, {"score": 0.5})
+    assert open_store(backend).run("r").open(0).metrics == {"score": 0.5}
+
+
+def test_version_one_metrics_parts_apply_and_newer_ones_are_refused(backend):
+    store = open_store(backend)
+    store.run("r").save({"w": torch.ones(2)}, epoch=3, metrics={"score": 0.1})
+    row = {"run": "r", "epoch": 3, "created_at": datetime.now(UTC), "format_version": 1}
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([{**row, "score": 0.8}]), buffer)
+    store.location.write_exclusive(annotation_key("r", 3, 1, "0" * 8), buffer.getvalue())
+    assert open_store(backend).run("r").open(3).metrics == {"score": 0.8}
+
+    newer = {**row, "format_version": 3, "checkpoint_created_at": row["created_at"]}
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([newer]), buffer)
+    store.location.write_exclusive(annotation_key("r", 3, 2, "1" * 8), buffer.getvalue())
+    with pytest.raises(castore.FormatError, match=r"format version 3, newer .* \(2\)"):
+        open_store(backend).run("r").checkpoints()
 
 
 def test_concurrent_annotators_and_trainer_lose_nothing(backend):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -13,6 +12,7 @@ from castore.api.follow import follow_epochs
 from castore.api.handle import SaveHandle
 from castore.api.load import Keys, MapLocation, load_checkpoint
 from castore.api.load_into import IncompatibleKeys, load_into_module
+from castore.api.run_manifest import RunManifest
 from castore.api.save import SaveInfo, save_checkpoint
 from castore.api.validate import (
     check_count,
@@ -22,24 +22,17 @@ from castore.api.validate import (
     check_step,
     check_text,
 )
-from castore.errors import CastoreError, ConflictError, InvalidCheckpointError, NotFoundError
+from castore.errors import ConflictError, InvalidCheckpointError, NotFoundError
 from castore.maintenance.retention import (
     RetentionPlan,
     forget_checkpoint,
     plan_retention,
-    rank_by_metric,
 )
-from castore.manifest.annotations import AnnotationReader, merge_metrics, write_annotation
-from castore.manifest.query import concat_summaries
-from castore.manifest.reader import list_epochs, read_part, read_summary
-from castore.manifest.schema import check_metric_name
+from castore.manifest.reader import list_epochs
 from castore.snapshot.host_copy import copy_to_host
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
-
-    import pandas as pd
-    import pyarrow as pa
 
     from castore.api.store import Store
     from castore.api.unchanged import SaveMemo
@@ -48,16 +41,12 @@ if TYPE_CHECKING:
 __all__ = ["Run"]
 
 
-class Run:
+class Run(RunManifest):
     """A run of a store; get one with ``store.run(name)``. Parts are immutable, so parsed
     records are cached per epoch."""
 
     def __init__(self, store: Store, name: str) -> None:
-        self.store = store
-        self.name = name
-        self._records: dict[int, CheckpointRecord] = {}
-        self._summaries: dict[int, pa.Table] = {}
-        self._annotations = AnnotationReader(store.location, name)
+        super().__init__(store, name)
         self._memo: SaveMemo | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pending: SaveHandle | None = None
@@ -252,30 +241,6 @@ class Run:
         with self._context(doing, epoch):
             return check_epoch(epoch)
 
-    def annotate(self, epoch: int, metrics: Mapping[str, object]) -> None:
-        """Attach metrics to a committed checkpoint (an evaluator's score).
-
-        Each call writes its own immutable part, so an evaluator annotating while the
-        trainer saves, or two evaluators at once, never lose each other's writes. The
-        metrics show in ``checkpoints()``, ``best=`` and queries; a later annotation of
-        the same metric wins over an earlier one and over the value saved with it.
-
-        Raises:
-            NotFoundError: the epoch is not committed.
-            InvalidCheckpointError: bad metric names or values; nothing was written.
-        """
-        with self._context("annotating", epoch):
-            epoch = check_epoch(epoch)
-            checked = check_metrics(metrics)
-            if not checked:
-                raise InvalidCheckpointError("annotate needs at least one metric")
-            self.record(epoch)
-            write_annotation(self.store.location, self.name, epoch, checked)
-
-    def annotations(self) -> dict[int, dict[str, float]]:
-        """Annotated metrics by epoch, merged in the order they were written."""
-        return self._annotations.metrics_by_epoch()
-
     def follow(
         self,
         *,
@@ -295,79 +260,6 @@ class Run:
             check_number("timeout_s", timeout_s)
         for epoch in follow_epochs(self.epochs, poll_s=poll_s, since=since, timeout_s=timeout_s):
             yield Checkpoint(self, epoch)
-
-    def epochs(self) -> list[int]:
-        """Committed epochs, ascending."""
-        return list_epochs(self.store.location, self.name)
-
-    def latest(self) -> int | None:
-        epochs = self.epochs()
-        return epochs[-1] if epochs else None
-
-    def best(self, metric: str) -> int:
-        """The epoch with the highest ``metric`` (lowest for ``-metric``); ties go to the
-        earliest epoch, and checkpoints without the metric are passed over."""
-        name = check_text("metric", metric).removeprefix("-")
-        values = self._metric_values(self.summary_table(), name)
-        if values is None:
-            raise NotFoundError(
-                f"no checkpoint of run '{self.name}' has metric '{name}'", run=self.name
-            )
-        ranked = rank_by_metric(values, metric)
-        if not ranked:
-            raise NotFoundError(
-                f"no checkpoint of run '{self.name}' has a value for '{name}'", run=self.name
-            )
-        return ranked[0][0]
-
-    def ranked(self, metric: str) -> list[tuple[int, float]]:
-        """``(epoch, value)`` of the checkpoints with ``metric``, best first (as ``best``)."""
-        name = check_text("metric", metric).removeprefix("-")
-        return rank_by_metric(self._metric_values(self.summary_table(), name) or {}, metric)
-
-    @staticmethod
-    def _metric_values(table: pa.Table, name: str) -> dict[int, float | None] | None:
-        """Each epoch's value of metric ``name`` in a summary table, or None when no
-        checkpoint has the column."""
-        if check_metric_name(name) not in table.column_names:
-            return None
-        epochs = table.column("epoch").to_pylist()
-        return dict(zip(epochs, table.column(name).to_pylist(), strict=True))
-
-    def checkpoints(self) -> pd.DataFrame:
-        """One row per checkpoint, by epoch: step, byte accounting and a column per metric."""
-        return self.summary_table().to_pandas()
-
-    def record(self, epoch: int) -> CheckpointRecord:
-        """The parsed manifest part of ``epoch`` (cached: parts never change)."""
-        epoch = check_epoch(epoch)
-        if epoch not in self._records:
-            self._records[epoch] = read_part(self.store.location, self.name, epoch)
-        return self._records[epoch]
-
-    def summary_table(self) -> pa.Table:
-        """Arrow table of every checkpoint's summary row, sorted by epoch, with annotated
-        metrics merged in."""
-        tables = []
-        for epoch in self.epochs():
-            if epoch not in self._summaries:
-                self._summaries[epoch] = read_summary(self.store.location, self.name, epoch)
-            tables.append(self._summaries[epoch])
-        return merge_metrics(concat_summaries(tables), self.annotations())
-
-    @contextmanager
-    def _context(self, doing: str, epoch: object) -> Iterator[None]:
-        """Name the run and epoch on every castore error raised inside."""
-        try:
-            yield
-        except CastoreError as exc:
-            exc.run = exc.run or self.name
-            if exc.epoch is None and isinstance(epoch, int):
-                exc.epoch = epoch
-            note = f"while {doing} run '{self.name}' epoch {epoch}"
-            if note not in getattr(exc, "__notes__", ()):
-                exc.add_note(note)
-            raise
 
     def delete(self, epoch: int) -> None:
         """Forget checkpoint ``epoch``: its manifest part and metrics parts go now; its
