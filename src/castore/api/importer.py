@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 import torch
 
 from castore.api.manager import CheckpointManager
-from castore.api.metadata import STEP_KEYS, split_metadata
+from castore.api.metadata import STEP_KEYS, split_agent_tree, split_metadata
 from castore.errors import ConflictError, InvalidCheckpointError, NotFoundError
 
 if TYPE_CHECKING:
@@ -239,9 +239,8 @@ def _read(path: Path, *, trust: bool) -> tuple[Any, dict[str, Any]]:
     obj = _read_torch(path, trust=trust)
     if not isinstance(obj, dict):
         return obj, {}
-    if set(obj) == {"agent", "metadata"} and isinstance(obj["metadata"], dict):
-        return obj["agent"], dict(obj["metadata"])  # the manager's layout: castore export
-    return obj, _plain_entries(obj)
+    split = split_agent_tree(obj)  # the manager's layout: castore export
+    return split if split is not None else (obj, _plain_entries(obj))
 
 
 def _read_torch(path: Path, *, trust: bool) -> Any:

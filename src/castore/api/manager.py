@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from castore.api.metadata import SplitMetadata, saved_metadata, split_metadata
+from castore.api.metadata import (
+    SplitMetadata,
+    agent_tree,
+    saved_metadata,
+    split_agent_tree,
+    split_metadata,
+)
 from castore.api.ranks import on_rank_zero
 from castore.api.save import SaveInfo
 from castore.api.store import open_store
@@ -121,7 +127,7 @@ class CheckpointManager:
     def commit_agent(self, agent: object, epoch: int, meta: SplitMetadata) -> SaveInfo:
         """The save behind ``save_agent``, on this process, without retention."""
         info = self.run.save(
-            {"agent": agent, "metadata": meta.plain},
+            agent_tree(agent, meta.plain),
             epoch=epoch,
             step=meta.step,
             metrics=meta.metrics,
@@ -152,7 +158,8 @@ class CheckpointManager:
             if epoch is None and self.run.latest() is None:
                 return None
             tree = self.run.load(epoch, trust=trust, map_location=map_location)
-        return _agent_of(tree)
+        split = split_agent_tree(tree)
+        return tree if split is None else split[0]
 
     def save_trainer_state(
         self, optimizer: torch.optim.Optimizer | Mapping[str, object], epoch: int, agent_step: int
@@ -246,10 +253,3 @@ class CheckpointManager:
 
     def __exit__(self, *exc_info: object) -> None:
         self.store.close()
-
-
-def _agent_of(tree: Any) -> Any:
-    """The agent of a manager checkpoint; any other tree as it is."""
-    if isinstance(tree, dict) and {"agent", "metadata"} <= set(tree):
-        return tree["agent"]
-    return tree

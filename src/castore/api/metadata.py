@@ -22,7 +22,7 @@ from castore.errors import InvalidCheckpointError, UnsafeLoadError
 from castore.manifest.schema import check_metric_name
 from castore.snapshot.tree import unflatten_tree
 
-__all__ = ["SplitMetadata", "saved_metadata", "split_metadata"]
+__all__ = ["SplitMetadata", "agent_tree", "saved_metadata", "split_agent_tree", "split_metadata"]
 
 STEP_KEYS = ("agent_step", "step")
 _NOT_METRICS = frozenset({"epoch", *STEP_KEYS})
@@ -56,12 +56,30 @@ def split_metadata(metadata: Mapping[str, object] | None) -> SplitMetadata:
     return SplitMetadata(plain, step, metrics)
 
 
+_AGENT_KEYS = frozenset({"agent", "metadata"})
+
+
+def agent_tree(agent: object, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The tree ``CheckpointManager.save_agent`` commits (and ``castore export`` writes)."""
+    return {"agent": agent, "metadata": metadata}
+
+
+def split_agent_tree(tree: object) -> tuple[Any, dict[str, Any]] | None:
+    """``(agent, metadata)`` of a tree in ``agent_tree``'s layout, else None."""
+    if isinstance(tree, dict) and set(tree) == _AGENT_KEYS and isinstance(tree["metadata"], dict):
+        return tree["agent"], dict(tree["metadata"])
+    return None
+
+
 def saved_metadata(skeleton: str) -> dict[str, Any]:
-    """The ``metadata`` a checkpoint was saved with (``{"agent": ..., "metadata": {...}}``),
-    read from its skeleton alone; empty for other trees, and for metadata that is not
-    plain values (a pickle is never run to describe a checkpoint)."""
+    """The ``metadata`` of a checkpoint in ``agent_tree``'s layout, read from its skeleton
+    alone; empty for other trees, and for metadata that is not plain values (a pickle is
+    never run to describe a checkpoint)."""
     root = json.loads(skeleton)
-    for key, node in root.get("dict", ()) if isinstance(root, dict) else ():
+    entries = root.get("dict", ()) if isinstance(root, dict) else ()
+    if {key for key, _ in entries} != _AGENT_KEYS:
+        return {}
+    for key, node in entries:
         if key == "metadata":
             try:
                 value = unflatten_tree(json.dumps(node), [])
