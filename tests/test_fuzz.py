@@ -23,13 +23,23 @@ from castore.manifest.records import record_from_table
 
 DATA = bytes(range(256)) * 8
 DIGEST = hash_bytes(DATA)
-FRAMES = [encode_frame(DATA), encode_frame(DATA, element_size=4)]
+BASE = bytes(range(1, 256)) * 8 + bytes(8)
+FRAMES = [
+    encode_frame(DATA),
+    encode_frame(DATA, element_size=4),
+    encode_frame(DATA, element_size=4, base=BASE, base_digest=hash_bytes(BASE)),  # sub-delta
+]
+
+
+def get_base(digest: str) -> bytes:
+    """Any base digest, even a mutated one, gets BASE: the digest check still holds."""
+    return BASE
 
 
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_never_decode_to_anything_but_castore_errors(frame):
     with pytest.raises(CastoreError):
-        decode_frame(frame, digest=DIGEST)
+        decode_frame(frame, digest=DIGEST, get_base=get_base)
 
 
 @given(
@@ -44,7 +54,7 @@ def test_mutated_frames_decode_exactly_or_raise_castore_errors(frame, edits, cut
             mutated[position] = value
     out = np.empty(len(DATA), dtype=np.uint8)
     try:
-        decode_frame_into(bytes(mutated), out, digest=DIGEST)
+        decode_frame_into(bytes(mutated), out, digest=DIGEST, get_base=get_base)
     except CastoreError:
         return
     assert out.tobytes() == DATA

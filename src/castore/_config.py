@@ -55,21 +55,25 @@ class CodecOptions:
     smaller: the latter often wins on float exponent planes, at 2.5x level 1's speed,
     the level where repeats pay, as in XOR deltas (see docs/format.md). Level 1 is the
     default: on float planes it compresses as well as level 3, twice as fast. ``delta``
-    stores a chunk that changed since the parent checkpoint as its XOR against the
-    parent's keyframe of that chunk (depth one: see docs/format.md), unless ``codec`` is
-    ``raw``.
+    stores a chunk that changed since the parent checkpoint as a delta against the
+    parent's same chunk, unless ``codec`` is ``raw``; ``max_chain`` bounds how many
+    deltas stack before a full frame, so a load decodes at most ``max_chain + 1`` frames
+    per chunk (see docs/format.md: longer chains store less, loads decode more).
     """
 
     codec: CodecName = "auto"
     zstd_level: int = 1
     min_saving: float = 0.05
     delta: bool = True
+    max_chain: int = 4
 
     def __post_init__(self) -> None:
         if self.codec not in ("auto", "raw", "zstd"):
             raise ValueError(f"codec must be 'auto', 'raw' or 'zstd', got {self.codec!r}")
         if not 0.0 <= self.min_saving < 1.0:
             raise ValueError(f"min_saving must be within [0, 1), got {self.min_saving}")
+        if not isinstance(self.max_chain, int) or not 1 <= self.max_chain <= 16:
+            raise ValueError(f"max_chain must be an int within [1, 16], got {self.max_chain!r}")
 
 
 def _default_workers() -> int:

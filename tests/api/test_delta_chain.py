@@ -1,14 +1,22 @@
-"""Delta frames: keyframe-based, depth one, recorded in the manifest, bit-exact."""
+"""Delta chains: each changed chunk a delta on the previous checkpoint's, the chain
+bounded by ``max_chain``, recorded whole in the manifest, bit-exact, kept whole by gc."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
+import numpy as np
+import pytest
 import torch
 
 import castore
+from castore.blobstore.digest import Digest
 from castore.blobstore.layout import blob_key
-from castore.codec import FilterFlags, unpack_header
+from castore.codec import unpack_header
+from castore.codec.frame import encode_frame_parts
+from castore.errors import IntegrityError
+from castore.snapshot.fetch import MAX_DECODE_DEPTH, fetch_into
 
 CHUNKS = castore.ChunkingOptions(chunk_bytes=64 * 1024, pack_below_bytes=16 * 1024)
 
@@ -28,31 +36,57 @@ def drifting_states(n: int) -> list[dict[str, torch.Tensor]]:
     return states
 
 
-def frame_header(store: castore.Store, digest: str):
-    return unpack_header(store.location.read(blob_key(digest)))
+def frame_base(store: castore.Store, digest: str) -> str | None:
+    return unpack_header(store.location.read(blob_key(digest))).base_digest
 
 
-def test_changed_chunks_are_deltas_on_keyframes_and_load_exactly():
-    store = open_store(f"memory://{uuid.uuid4().hex}")
+def test_each_delta_is_on_the_previous_checkpoint_and_chains_are_bounded():
+    store = open_store(f"memory://{uuid.uuid4().hex}", codec=castore.CodecOptions(max_chain=3))
     run = store.run("r")
-    states = drifting_states(5)
+    states = drifting_states(9)
     infos = [run.save(state, epoch=epoch) for epoch, state in enumerate(states)]
 
-    keyframes = {c.digest for c in run.record(0).tensors[0].chunks}
-    for epoch in range(1, 5):
+    root = run.record(0).tensors[0].chunks
+    for epoch in range(9):
         chunks = run.record(epoch).tensors[0].chunks
-        assert [c.base for c in chunks] == [c.digest for c in run.record(0).tensors[0].chunks]
+        depth = 0 if epoch == 0 else (epoch - 1) % 3 + 1  # 0, then 1 2 3, 1 2 3, ...
+        assert [len(c.lineage) for c in chunks] == [depth] * len(chunks)
+        if depth > 1:
+            previous = run.record(epoch - 1).tensors[0].chunks
+            assert [c.base for c in chunks] == [c.digest for c in previous]
+            assert [c.ancestors for c in chunks] == [p.lineage for p in previous]
+        if depth == 1:  # a new chain, on the full frame at the root of the last one
+            assert [c.base for c in chunks] == [c.digest for c in root]
+        if depth:
+            assert infos[epoch].stored_bytes < 0.75 * infos[0].stored_bytes
         for chunk in chunks:
-            header = frame_header(store, chunk.digest)
-            assert header.filters & FilterFlags.XOR_DELTA
-            assert header.base_digest == chunk.base
-            assert chunk.base in keyframes
-            assert frame_header(store, chunk.base).base_digest is None  # depth one
-        assert infos[epoch].stored_bytes < 0.75 * infos[0].stored_bytes
+            chain = (chunk.digest, *chunk.lineage)
+            assert [frame_base(store, d) for d in chain] == [*chunk.lineage, None]
     for epoch, state in enumerate(states):
         loaded = castore.open(store.url).run("r").load(epoch)
         assert torch.equal(loaded["w"], state["w"])
         assert torch.equal(loaded["b"], state["b"])
+
+
+def test_max_chain_one_bases_every_delta_on_the_root():
+    run = open_store(f"memory://{uuid.uuid4().hex}", codec=castore.CodecOptions(max_chain=1)).run(
+        "r"
+    )
+    for epoch, state in enumerate(drifting_states(4)):
+        run.save(state, epoch=epoch)
+    root = run.record(0).tensors[0].chunks[0].digest
+    assert [run.record(e).tensors[0].chunks[0].lineage for e in range(4)] == [
+        (),
+        (root,),
+        (root,),
+        (root,),
+    ]
+
+
+@pytest.mark.parametrize("max_chain", [0, 17, 2.0])
+def test_max_chain_out_of_range_is_refused(max_chain):
+    with pytest.raises(ValueError, match="max_chain"):
+        castore.CodecOptions(max_chain=max_chain)
 
 
 def test_delta_off_and_raw_codec_store_whole_frames():
@@ -63,7 +97,7 @@ def test_delta_off_and_raw_codec_store_whole_frames():
         assert all(c.base is None for t in run.record(2).tensors for c in t.chunks)
 
 
-def test_unrelated_new_values_become_the_next_keyframe():
+def test_unrelated_new_values_start_a_new_chain():
     run = open_store(f"memory://{uuid.uuid4().hex}").run("r")
     torch.manual_seed(1)
     run.save({"w": torch.randn(16 * 1024)}, epoch=0)
@@ -71,21 +105,56 @@ def test_unrelated_new_values_become_the_next_keyframe():
     assert all(c.base is None for c in run.record(1).tensors[0].chunks)
 
 
-def test_base_of_a_blob_written_by_another_run_is_read_from_its_frame():
+def test_lineage_of_a_blob_written_by_another_run_is_read_from_its_frames():
     store = open_store(f"memory://{uuid.uuid4().hex}")
-    states = drifting_states(2)
-    store.run("a").save(states[0], epoch=0)
-    store.run("a").save(states[1], epoch=1)
-    info = store.run("b").save(states[1], epoch=0)
+    states = drifting_states(3)
+    for epoch, state in enumerate(states):
+        store.run("a").save(state, epoch=epoch)
+    info = store.run("b").save(states[2], epoch=0)
     assert info.blobs_written == 0
-    assert [c.base for c in store.run("b").record(0).tensors[0].chunks] == [
-        c.base for c in store.run("a").record(1).tensors[0].chunks
-    ]
-    assert all(c.base is not None for c in store.run("b").record(0).tensors[0].chunks)
-    assert torch.equal(store.run("b").load(0)["w"], states[1]["w"])
+    lineages = [c.lineage for c in store.run("b").record(0).tensors[0].chunks]
+    assert lineages == [c.lineage for c in store.run("a").record(2).tensors[0].chunks]
+    assert all(len(lineage) == 2 for lineage in lineages)
+    assert torch.equal(store.run("b").load(0)["w"], states[2]["w"])
 
 
-def test_packs_split_by_large_tensors_still_find_their_keyframe():
+def test_gc_keeps_a_chain_whole_after_the_checkpoints_between_are_forgotten(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    run = store.run("r")
+    states = drifting_states(4)
+    for epoch, state in enumerate(states):
+        run.save(state, epoch=epoch)
+    chain = run.record(3).tensors[0].chunks[0]
+    assert len(chain.lineage) == 3
+    for epoch in (0, 1, 2):
+        run.delete(epoch)
+    now = time.time() + 10
+    store.gc(grace_s=0, now=now)
+    report = store.gc(grace_s=0, now=now)
+    assert report.deleted_blobs > 0  # the forgotten epochs' small tensor "b" went
+    for digest in (chain.digest, *chain.lineage):
+        assert store.location.exists(blob_key(digest))
+    fresh = castore.open(store.url).run("r").load(3)
+    assert torch.equal(fresh["w"], states[3]["w"])
+    assert store.verify().ok
+
+
+def test_a_looping_chain_is_refused_not_followed_forever():
+    store = open_store(f"memory://{uuid.uuid4().hex}")
+    data = np.zeros(64, np.uint8)
+    first, second = Digest("a" * 64), Digest("b" * 64)
+    for digest, base in ((first, second), (second, first)):
+        store.blobs.put(
+            digest,
+            encode_frame_parts(
+                data, element_size=1, base=data, base_digest=base, options=castore.CodecOptions()
+            ),
+        )
+    with pytest.raises(IntegrityError, match=f"longer than {MAX_DECODE_DEPTH} frames"):
+        fetch_into(store.blobs, first, np.empty(64, np.uint8))
+
+
+def test_packs_split_by_large_tensors_still_find_their_base():
     """Manifest order interleaves a pack's pieces with large tensors' chunks."""
     run = open_store(f"memory://{uuid.uuid4().hex}").run("r")
     torch.manual_seed(2)

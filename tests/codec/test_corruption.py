@@ -52,6 +52,26 @@ KINDS = {
             "options": CodecOptions(codec="zstd"),
         },
     ),
+    # 4-byte sub-delta codes stored raw (header byte 7 is 4 in a raw frame).
+    "raw-delta-4": (
+        DATA,
+        {
+            "element_size": 4,
+            "base": BASE,
+            "base_digest": BASE_DIGEST,
+            "options": CodecOptions(codec="raw"),
+        },
+    ),
+    # 3-byte elements fall back to xor-delta.
+    "raw-xor": (
+        DATA,
+        {
+            "element_size": 3,
+            "base": BASE,
+            "base_digest": BASE_DIGEST,
+            "options": CodecOptions(codec="raw"),
+        },
+    ),
 }
 BASE_DIGEST_BYTES = range(16, 48)  # where a delta frame's base digest lies
 FILTER_BYTE = 6
@@ -101,14 +121,16 @@ def decode_or_none(frame: bytes, data: bytes, decoder: str, position: int) -> by
 
 
 def test_kinds_are_what_they_claim():
-    codecs = {kind: read_header(frame_of(kind)[0]).codec for kind in KINDS}
-    assert codecs == {
-        "raw": CodecId.RAW,
-        "zstd": CodecId.ZSTD,
-        "planes": CodecId.PLANES,
-        "planes-mixed": CodecId.PLANES,
-        "raw-delta": CodecId.RAW,
-        "planes-delta": CodecId.PLANES,
+    headers = {kind: read_header(frame_of(kind)[0]) for kind in KINDS}
+    assert {kind: (h.codec, h.filters, h.element_size) for kind, h in headers.items()} == {
+        "raw": (CodecId.RAW, FilterFlags.NONE, 1),
+        "zstd": (CodecId.ZSTD, FilterFlags.NONE, 1),
+        "planes": (CodecId.PLANES, FilterFlags.NONE, 4),
+        "planes-mixed": (CodecId.PLANES, FilterFlags.NONE, 4),
+        "raw-delta": (CodecId.RAW, FilterFlags.SUB_DELTA, 1),
+        "planes-delta": (CodecId.PLANES, FilterFlags.SUB_DELTA, 4),
+        "raw-delta-4": (CodecId.RAW, FilterFlags.SUB_DELTA, 4),
+        "raw-xor": (CodecId.RAW, FilterFlags.XOR_DELTA, 1),
     }
     frame, _ = frame_of("planes-mixed")
     assert [PLANE_ENTRY.unpack_from(frame, 16 + 9 * j)[0] for j in range(4)] == [0, 1, 1, 1]
@@ -173,7 +195,7 @@ def test_truncation_messages():
         decode_frame(frame[:40], digest=DIGEST)
 
 
-@pytest.mark.parametrize("kind", ["raw", "planes", "planes-mixed", "raw-delta", "planes-delta"])
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "zstd"])
 def test_trailing_bytes_are_integrity_errors(kind):
     frame, data = frame_of(kind)
     for decoder in DECODERS:
@@ -236,7 +258,7 @@ def test_wrong_digest_message(decoder, kind):
     assert info.value.digest == other
 
 
-@pytest.mark.parametrize("kind", ["raw-delta", "planes-delta"])
+@pytest.mark.parametrize("kind", ["raw-delta", "planes-delta", "raw-delta-4", "raw-xor"])
 def test_wrong_base_bytes(kind):
     frame, _ = frame_of(kind)
     wrong = bytes(reversed(BASE))
@@ -353,7 +375,7 @@ def test_unknown_codec_is_format_error(codec):
         decode_frame(frame, digest=DIGEST)
 
 
-@pytest.mark.parametrize("bit", [1, 2, 7])
+@pytest.mark.parametrize("bit", [2, 3, 7])
 def test_unknown_filter_bits_are_format_errors(bit):
     frame = _with_byte(frame_of("raw")[0], FILTER_BYTE, 1 << bit)
     with pytest.raises(FormatError, match=rf"^unknown frame filters {1 << bit:#04x}; upgrade"):

@@ -48,6 +48,7 @@ def test_constants():
     assert FRAME_VERSION == 1
     assert [int(c) for c in (CodecId.RAW, CodecId.ZSTD, CodecId.PLANES)] == [0, 1, 2]
     assert int(FilterFlags.XOR_DELTA) == 1
+    assert int(FilterFlags.SUB_DELTA) == 2
 
 
 def test_digest_is_blake3_256_lowercase_hex():
@@ -143,11 +144,49 @@ def test_raw_frames_are_never_split_into_planes():
 
 
 def test_raw_delta_frame_bytes():
+    # Byte elements (k = 1): 0xFF - 5 is -6 modulo 256, zigzag-coded as 11.
     base = bytes(range(32))
     data = bytearray(base)
     data[5] = 0xFF
     base_digest = hash_bytes(base)
     frame = encode_frame(bytes(data), base=base, base_digest=base_digest, options=RAW)
+    assert frame == (
+        bytes.fromhex("43535446 01 00 02 01 2000000000000000")
+        + bytes.fromhex(base_digest)
+        + bytes(5)
+        + bytes([11])
+        + bytes(26)
+    )
+    header = read_header(frame)
+    assert header == FrameHeader(CodecId.RAW, FilterFlags.SUB_DELTA, 1, 32, base_digest)
+    assert header.size == 48
+    got = decode_frame(frame, digest=hash_bytes(bytes(data)), get_base={base_digest: base}.get)
+    assert got == bytes(data)
+
+
+def test_raw_sub_delta_words():
+    # k = 4 differences +1, -1, -2**31 (wrapping) and +2**31 - 1: codes 2, 1, 2**32 - 1, 2**32 - 2.
+    base = struct.pack("<4I", 7, 7, 0x8000_0000, 0)
+    data = struct.pack("<4I", 8, 6, 0, 0x7FFF_FFFF)
+    base_digest = hash_bytes(base)
+    frame = encode_frame(data, element_size=4, base=base, base_digest=base_digest, options=RAW)
+    assert frame == (
+        bytes.fromhex("43535446 01 00 02 04 1000000000000000")
+        + bytes.fromhex(base_digest)
+        + struct.pack("<4I", 2, 1, 0xFFFF_FFFF, 0xFFFF_FFFE)
+    )
+    assert decode_frame(frame, digest=hash_bytes(data), get_base=lambda _: base) == data
+
+
+def test_raw_xor_delta_frame_bytes():
+    # 3-byte elements have no sub-delta width: the writer XORs, and byte 7 stays 1.
+    base = bytes(range(32))
+    data = bytearray(base)
+    data[5] = 0xFF
+    base_digest = hash_bytes(base)
+    frame = encode_frame(
+        bytes(data), element_size=3, base=base, base_digest=base_digest, options=RAW
+    )
     assert frame == (
         bytes.fromhex("43535446 01 00 01 01 2000000000000000")
         + bytes.fromhex(base_digest)
@@ -157,7 +196,6 @@ def test_raw_delta_frame_bytes():
     )
     header = read_header(frame)
     assert header == FrameHeader(CodecId.RAW, FilterFlags.XOR_DELTA, 1, 32, base_digest)
-    assert header.size == 48
     got = decode_frame(frame, digest=hash_bytes(bytes(data)), get_base={base_digest: base}.get)
     assert got == bytes(data)
 
@@ -170,15 +208,18 @@ def test_planes_delta_frame_bytes():
     frame = encode_frame(
         data.tobytes(), element_size=4, base=base, base_digest=base_digest, options=ZSTD
     )
-    assert frame[:16] == bytes.fromhex("43535446 01 02 01 04 0001000000000000")
+    assert frame[:16] == bytes.fromhex("43535446 01 02 02 04 0001000000000000")
     assert frame[16:48] == bytes.fromhex(base_digest)
-    xor = np.bitwise_xor(np.frombuffer(data.tobytes(), np.uint8), np.frombuffer(base, np.uint8))
+    # Only element 3 differs: -1.0 (0xBF800000) - 3.0 (0x40400000) = 0x7F400000 > 0.
+    codes = np.zeros(64, dtype="<u4")
+    codes[3] = 2 * 0x7F40_0000
+    stored = codes.view(np.uint8)
     position = 48 + 36
     for j in range(4):
-        codec, stored = PLANE_ENTRY.unpack_from(frame, 48 + 9 * j)
+        codec, size = PLANE_ENTRY.unpack_from(frame, 48 + 9 * j)
         assert codec == 1
-        assert plain_zstd(frame[position : position + stored]) == xor[j::4].tobytes()
-        position += stored
+        assert plain_zstd(frame[position : position + size]) == stored[j::4].tobytes()
+        position += size
     assert position == len(frame)
 
 
@@ -229,6 +270,14 @@ def test_decode_into_writes_exactly_its_buffer():
         (
             FrameHeader(CodecId.RAW, FilterFlags.XOR_DELTA, 1, 1, "ab" * 32),
             "43535446 01 00 01 01 0100000000000000" + "ab" * 32,
+        ),
+        (
+            FrameHeader(CodecId.ZSTD, FilterFlags.SUB_DELTA, 8, 16, "cd" * 32),
+            "43535446 01 01 02 08 1000000000000000" + "cd" * 32,
+        ),
+        (
+            FrameHeader(CodecId.PLANES, FilterFlags.SUB_DELTA, 2, 4, "ef" * 32),
+            "43535446 01 02 02 02 0400000000000000" + "ef" * 32,
         ),
     ],
 )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -225,10 +224,11 @@ def test_forgotten_checkpoints_free_only_blobs_nothing_else_needs(store_url):
     store = open_store(store_url)
     run = store.run("r")
     frozen = torch.arange(4096.0)
-    for epoch in range(4):
-        run.save({"frozen": frozen, "head": torch.full((4096,), float(epoch))}, epoch=epoch)
+    heads = [torch.randn(4096, generator=torch.Generator().manual_seed(e)) for e in range(4)]
+    for epoch in range(4):  # unrelated heads: full frames, no delta chain between them
+        run.save({"frozen": frozen, "head": heads[epoch]}, epoch=epoch)
     other = store.run("other")
-    other.save({"head": torch.full((4096,), 1.0)}, epoch=0)  # shares epoch 1's head
+    other.save({"head": heads[1]}, epoch=0)  # shares epoch 1's head
     needed = run.record(3).digests() | other.record(0).digests()
     forgotten = set().union(*(run.record(e).digests() for e in range(3))) - needed
     assert run.retain(keep_last=1).forgotten == (0, 1, 2)
@@ -238,7 +238,7 @@ def test_forgotten_checkpoints_free_only_blobs_nothing_else_needs(store_url):
     assert report.deleted_blobs == len(forgotten) > 0
     assert set(store.blobs.listing()) == needed
     assert store.verify().ok
-    assert np.array_equal(other.load(0)["head"].numpy(), np.ones(4096, np.float32))
+    assert torch.equal(other.load(0)["head"], heads[1])
     assert torch.equal(run.load(3)["frozen"], frozen)
 
 

@@ -139,11 +139,11 @@ def test_a_truncated_part_is_an_integrity_error(location):
 
 
 def test_a_newer_part_is_a_format_error(location):
-    write_part(location, make_record(epoch=2, format_version=2))
-    with pytest.raises(FormatError, match="manifest format version 2 is newer") as info:
+    write_part(location, make_record(epoch=2, format_version=3))
+    with pytest.raises(FormatError, match="manifest format version 3 is newer") as info:
         read_part(location, "ppo", 2)
     assert (info.value.run, info.value.epoch) == ("ppo", 2)
-    with pytest.raises(FormatError, match="manifest format version 2 is newer") as info:
+    with pytest.raises(FormatError, match="manifest format version 3 is newer") as info:
         read_summary(location, "ppo", 2)
     assert (info.value.run, info.value.epoch) == ("ppo", 2)
 

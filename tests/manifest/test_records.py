@@ -16,13 +16,15 @@ from castore.manifest.records import CheckpointRecord, record_from_table, record
 from castore.manifest.schema import RESERVED_COLUMNS
 from castore.snapshot.refs import ChunkRef, Role, TensorRef
 
-D1, D2, D3 = (hash_bytes(bytes([i])) for i in range(3))
+D1, D2, D3, D4 = (hash_bytes(bytes([i])) for i in range(4))
 CREATED = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 
 TENSORS = (
     TensorRef("w", Role.TENSOR, "f32", (2, 3), (ChunkRef(D1, 0, 24, 24),), device="cuda:0"),
     TensorRef("tied", Role.ALIAS, "f32", (2, 3), base="w"),
-    TensorRef("x@storage", Role.STORAGE, "bf16", (6,), (ChunkRef(D2, 8, 12, 64, base=D3),)),
+    TensorRef(
+        "x@storage", Role.STORAGE, "bf16", (6,), (ChunkRef(D2, 8, 12, 64, D3, ancestors=(D4,)),)
+    ),
     TensorRef("x", Role.VIEW, "bf16", (2, 2), base="x@storage", storage_offset=1, stride=(3, 1)),
     TensorRef("empty", Role.TENSOR, "i64", (0, 5)),
     TensorRef("scalar", Role.TENSOR, "u8", (), (ChunkRef(D2, 0, 1, 64), ChunkRef(D1, 0, 0, 24))),
@@ -58,7 +60,7 @@ def test_table_columns():
     row = record_to_table(make_record()).to_pylist()[0]
     assert row["n_tensors"] == 5  # every entry but the storage one
     assert row["score"] == 0.82
-    assert row["format_version"] == 1
+    assert row["format_version"] == 2
     assert row["tensors"][2] == {
         "name": "x@storage",
         "role": "storage",
@@ -68,13 +70,44 @@ def test_table_columns():
         "base": None,
         "storage_offset": 0,
         "stride": [],
-        "chunks": [{"digest": D2, "offset": 8, "length": 12, "blob_length": 64, "base": D3}],
+        "chunks": [
+            {
+                "digest": D2,
+                "offset": 8,
+                "length": 12,
+                "blob_length": 64,
+                "base": D3,
+                "ancestors": [D4],
+            }
+        ],
     }
 
 
-def test_digests_include_delta_bases():
-    assert make_record().digests() == {D1, D2, D3}
+def test_digests_include_the_whole_delta_chain():
+    assert make_record().digests() == {D1, D2, D3, D4}
     assert make_record(tensors=()).digests() == set()
+
+
+def test_a_version_one_part_without_ancestors_reads_as_depth_one():
+    table = record_to_table(make_record(format_version=1))
+    tensors = table.column("tensors").to_pylist()[0]
+    for tensor in tensors:
+        for chunk in tensor["chunks"]:
+            del chunk["ancestors"]
+    old = table.set_column(table.schema.get_field_index("tensors"), "tensors", pa.array([tensors]))
+    chunk = record_from_table(old).tensors[2].chunks[0]
+    assert (chunk.base, chunk.ancestors, chunk.lineage) == (D3, (), (D3,))
+
+
+def test_ancestors_without_a_base_are_refused():
+    table = record_to_table(make_record())
+    tensors = table.column("tensors").to_pylist()[0]
+    tensors[2]["chunks"][0]["base"] = None
+    forged = table.set_column(
+        table.schema.get_field_index("tensors"), "tensors", pa.array([tensors])
+    )
+    with pytest.raises(IntegrityError, match="ancestors of a chunk without a base"):
+        record_from_table(forged)
 
 
 def test_optional_fields_round_trip_as_none():
@@ -110,13 +143,13 @@ def test_null_metric_values_are_dropped():
     assert record_from_table(table).metrics == {"score": 1.0}
 
 
-@pytest.mark.parametrize("version", [2, 99])
+@pytest.mark.parametrize("version", [3, 99])
 def test_newer_format_version_is_refused(version):
     table = record_to_table(make_record(format_version=version))
     with pytest.raises(FormatError) as info:
         record_from_table(table)
     assert str(info.value) == (
-        f"manifest format version {version} is newer than this castore reads (1); upgrade castore"
+        f"manifest format version {version} is newer than this castore reads (2); upgrade castore"
     )
 
 

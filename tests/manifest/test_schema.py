@@ -63,9 +63,16 @@ def test_part_schema_layout():
     assert schema.field("format_version").type == pa.int32()
     assert schema.field("tensors").type == pa.list_(TENSOR_TYPE)
     assert TENSOR_TYPE.field("chunks").type == pa.list_(CHUNK_TYPE)
-    assert [f.name for f in CHUNK_TYPE] == ["digest", "offset", "length", "blob_length", "base"]
-    assert schema.metadata == {b"castore.format_version": b"1"}
-    assert FORMAT_VERSION == 1
+    assert [f.name for f in CHUNK_TYPE] == [
+        "digest",
+        "offset",
+        "length",
+        "blob_length",
+        "base",
+        "ancestors",
+    ]
+    assert schema.metadata == {b"castore.format_version": b"2"}
+    assert FORMAT_VERSION == 2
     assert set(SUMMARY_COLUMNS) | set(WIDE_COLUMNS) == RESERVED_COLUMNS
     assert WIDE_COLUMNS == ("skeleton", "tensors")
 
@@ -89,7 +96,7 @@ def test_part_is_readable_by_pandas(saved):
 def test_part_metadata_names_the_format_version(saved):
     path = saved / "runs" / "ppo" / "manifest" / "0000000001.parquet"
     metadata = pq.read_schema(path).metadata
-    assert metadata[b"castore.format_version"] == b"1"
+    assert metadata[b"castore.format_version"] == b"2"
 
 
 def test_duckdb_reads_parts_with_union_by_name(saved):

@@ -9,6 +9,7 @@ are encoded and uploaded; the manifest part is written last (see manifest.writer
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,21 +17,28 @@ from typing import TYPE_CHECKING
 
 from castore._concurrency import bounded_map
 from castore.api.deltas import (
+    Lineage,
     chunk_position,
-    keyframe_for,
+    delta_base,
     parent_positions,
-    stored_base,
+    stored_lineage,
     write_blob,
 )
 from castore.api.progress import progress_bar
-from castore.api.unchanged import ChunkKey, SaveMemo, chunk_key, remember, sample_digest
+from castore.api.unchanged import (
+    SaveMemo,
+    entry_layout,
+    entry_states,
+    remember,
+    reuse_digests,
+)
 from castore.api.validate import check_epoch, check_metrics, check_step
 from castore.codec.hashing import hash_bytes
 from castore.manifest.records import CheckpointRecord
 from castore.manifest.writer import write_part
 from castore.snapshot.chunking import PlannedChunk, chunk_data, plan_chunks
 from castore.snapshot.refs import ChunkRef, TensorRef
-from castore.snapshot.tensors import PlannedEntry, host_bytes, plan_entries
+from castore.snapshot.tensors import PlannedEntry, host_bytes, replan_entries
 from castore.snapshot.tree import flatten_tree
 
 if TYPE_CHECKING:
@@ -92,8 +100,10 @@ def save_checkpoint(
     step = check_step(step)
     checked_metrics = check_metrics(metrics)
     flat = flatten_tree(state, pickle=pickle)
-    entries = plan_entries(flat.names, flat.tensors)
-    stored = store_tensors(blobs, entries, epoch=epoch, parent=parent, options=options, memo=memo)
+    plan = replan_entries(flat.names, flat.tensors, memo.entry_plan if memo is not None else None)
+    stored = store_tensors(
+        blobs, list(plan.entries), epoch=epoch, parent=parent, options=options, memo=memo
+    )
 
     record = CheckpointRecord(
         run=run,
@@ -121,7 +131,7 @@ def save_checkpoint(
         blobs_skipped=stored.n_blobs - len(stored.written),
         elapsed_s=time.perf_counter() - started,
     )
-    return info, record, stored.memo
+    return info, record, dataclasses.replace(stored.memo, entry_plan=plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,119 +172,133 @@ def store_tensors(
     stored as a delta against it. ``memo`` is what this process's previous save
     remembered (see ``unchanged``); it is used only when that save is the parent.
     """
-    plan = plan_chunks(
-        [e.nbytes for e in entries], [e.element_size for e in entries], options.chunking
-    )
-    keys = [chunk_key(c, entries) if options.reuse_unchanged else None for c in plan.chunks]
+    layout = entry_layout(entries)
+    states = entry_states(entries) if options.reuse_unchanged else (None,) * len(entries)
     usable = (
         memo if memo is not None and parent is not None and memo.epoch == parent.epoch else None
     )
-    found, samples = _reuse_digests(plan.chunks, entries, keys, usable)
+    if usable is not None and usable.chunking == options.chunking and usable.layout == layout:
+        same = usable
+        chunks = same.chunks
+    else:
+        same = None
+        chunks = plan_chunks(
+            [e.nbytes for e in entries], [e.element_size for e in entries], options.chunking
+        ).chunks
+    found = reuse_digests(chunks, entries, layout, states, usable, same_plan=same is not None)
+    reused_all = same is not None and all(i in found for i in same.samples.chunks)
 
-    to_hash = [i for i in range(len(plan.chunks)) if i not in found]
-    needed = {piece.entry for i in to_hash for piece in plan.chunks[i].pieces}
+    to_hash = [i for i in range(len(chunks)) if i not in found]
+    needed = {piece.entry for i in to_hash for piece in chunks[i].pieces}
     data = [
         host_bytes(e.source) if i in needed and e.source is not None else None
         for i, e in enumerate(entries)
     ]
     transfer = options.transfer
-    with progress_bar(
-        sum(plan.chunks[i].length for i in to_hash), "hashing", options.progress
-    ) as bar:
-        hashed: list[Digest] = bounded_map(
-            lambda i: hash_bytes(chunk_data(plan.chunks[i], data)),
-            to_hash,
-            size_of=lambda i: plan.chunks[i].length,
-            workers=transfer.workers,
-            max_in_flight_bytes=transfer.max_in_flight_bytes,
-            on_result=lambda i, _: bar.update(plan.chunks[i].length),
-        )
-    found.update(zip(to_hash, hashed, strict=True))
-    digests = [found[i] for i in range(len(plan.chunks))]
+    if to_hash:
+        with progress_bar(
+            sum(chunks[i].length for i in to_hash), "hashing", options.progress
+        ) as bar:
+            hashed: list[Digest] = bounded_map(
+                lambda i: hash_bytes(chunk_data(chunks[i], data)),
+                to_hash,
+                size_of=lambda i: chunks[i].length,
+                workers=transfer.workers,
+                max_in_flight_bytes=transfer.max_in_flight_bytes,
+                on_result=lambda i, _: bar.update(chunks[i].length),
+            )
+        found.update(zip(to_hash, hashed, strict=True))
+    digests = tuple(found[i] for i in range(len(chunks)))
 
     first_chunk: dict[Digest, PlannedChunk] = {}
-    for chunk, digest in zip(plan.chunks, digests, strict=True):
+    for chunk, digest in zip(chunks, digests, strict=True):
         first_chunk.setdefault(digest, chunk)
-    bases = _parent_bases(parent)
-    unknown = [d for d in first_chunk if d not in bases]
-    present = blobs.has_many(unknown)
+    lineages = _parent_lineages(parent)
+    unknown = [d for d in first_chunk if d not in lineages]
+    present = blobs.has_many(unknown) if unknown else set()
     missing = sorted(set(unknown) - present)
     for digest in present:
-        bases[digest] = stored_base(blobs, digest)
-    positions = parent_positions(parent) if parent is not None else {}
+        lineages[digest] = stored_lineage(blobs, digest)
+    frame_sizes: list[int] = []
+    if missing:
+        positions = parent_positions(parent) if parent is not None else {}
 
-    def encode_and_put(digest: Digest) -> int:
-        chunk = first_chunk[digest]
-        keyframe = keyframe_for(chunk_position(chunk, entries), positions)
-        size, bases[digest] = write_blob(
-            blobs, digest, chunk, chunk_data(chunk, data), keyframe, options.codec
-        )
-        return size
+        def encode_and_put(digest: Digest) -> int:
+            chunk = first_chunk[digest]
+            base = delta_base(chunk_position(chunk, entries), positions, options.codec)
+            size, lineages[digest] = write_blob(
+                blobs, digest, chunk, chunk_data(chunk, data), base, options.codec
+            )
+            return size
 
-    new_bytes = sum(first_chunk[d].length for d in missing)
-    with progress_bar(new_bytes, "writing", options.progress) as bar:
-        frame_sizes = bounded_map(
-            encode_and_put,
-            missing,
-            size_of=lambda d: first_chunk[d].length,
-            workers=transfer.workers,
-            max_in_flight_bytes=transfer.max_in_flight_bytes,
-            on_result=lambda d, _: bar.update(first_chunk[d].length),
-        )
+        new_bytes = sum(first_chunk[d].length for d in missing)
+        with progress_bar(new_bytes, "writing", options.progress) as bar:
+            frame_sizes = bounded_map(
+                encode_and_put,
+                missing,
+                size_of=lambda d: first_chunk[d].length,
+                workers=transfer.workers,
+                max_in_flight_bytes=transfer.max_in_flight_bytes,
+                on_result=lambda d, _: bar.update(first_chunk[d].length),
+            )
+    if (
+        same is not None
+        and parent is not None
+        and parent.tensors is same.refs
+        and digests == same.digests
+    ):
+        # The parent is the save the memo remembers and committed these very refs: the
+        # same entries, chunks and digests, each digest's lineage taken from the parent.
+        refs = same.refs
+    else:
+        refs = _tensor_refs(entries, chunks, digests, lineages)
     return StoredTensors(
-        refs=_tensor_refs(entries, plan.chunks, digests, bases),
-        logical_bytes=plan.total_bytes,
+        refs=refs,
+        logical_bytes=sum(chunk.length for chunk in chunks),
         written={
             d: (first_chunk[d].length, size) for d, size in zip(missing, frame_sizes, strict=True)
         },
         n_blobs=len(first_chunk),
-        memo=remember(epoch, plan.chunks, entries, keys, digests, samples),
+        memo=remember(
+            epoch,
+            options.chunking,
+            chunks,
+            entries,
+            layout,
+            states,
+            digests,
+            refs,
+            previous=same,
+            reused_all=reused_all,
+        ),
     )
 
 
-def _reuse_digests(
-    chunks: tuple[PlannedChunk, ...],
-    entries: list[PlannedEntry],
-    keys: list[ChunkKey | None],
-    memo: SaveMemo | None,
-) -> tuple[dict[int, Digest], dict[int, str]]:
-    """Digests of chunks unchanged since ``memo`` whose sampled windows still match."""
-    found: dict[int, Digest] = {}
-    samples: dict[int, str] = {}
-    if memo is None:
-        return found, samples
-    views: dict[int, memoryview] = {}
-    for index, (chunk, key) in enumerate(zip(chunks, keys, strict=True)):
-        if key is not None and key in memo.digests:
-            digest, sample = memo.digests[key]
-            samples[index] = sample_digest(chunk, entries, views)
-            if samples[index] == sample:
-                found[index] = digest
-    return found, samples
-
-
-def _parent_bases(parent: CheckpointRecord | None) -> dict[Digest, str | None]:
-    """Every blob the parent references, with the base of its frame: known present."""
-    bases: dict[Digest, str | None] = {}
+def _parent_lineages(parent: CheckpointRecord | None) -> dict[str, Lineage]:
+    """Every blob the parent references, its chains' bases included, with its lineage:
+    all known present."""
+    lineages: dict[str, Lineage] = {}
     if parent is not None:
         for ref in parent.tensors:
             for chunk in ref.chunks:
-                bases[chunk.digest] = chunk.base  # type: ignore[index]
-                if chunk.base is not None:
-                    bases.setdefault(chunk.base, None)  # type: ignore[arg-type]
-    return bases
+                chain = (chunk.digest, *chunk.lineage)
+                for depth, digest in enumerate(chain):
+                    lineages.setdefault(digest, chain[depth + 1 :])
+    return lineages
 
 
 def _tensor_refs(
     entries: list[PlannedEntry],
     chunks: tuple[PlannedChunk, ...],
-    digests: list[Digest],
-    bases: dict[Digest, str | None],
+    digests: tuple[Digest, ...],
+    lineages: dict[str, Lineage],
 ) -> tuple[TensorRef, ...]:
     pieces: list[list[tuple[int, ChunkRef]]] = [[] for _ in entries]
     for chunk, digest in zip(chunks, digests, strict=True):
+        lineage = lineages[digest]
+        base, ancestors = (lineage[0], lineage[1:]) if lineage else (None, ())
         for piece in chunk.pieces:
-            ref = ChunkRef(digest, piece.offset, piece.length, chunk.length, bases[digest])
+            ref = ChunkRef(digest, piece.offset, piece.length, chunk.length, base, ancestors)
             pieces[piece.entry].append((piece.start, ref))
     return tuple(
         TensorRef(

@@ -5,10 +5,11 @@ offset size  field
 0      4     magic b"CSTF"
 4      1     frame version (1)
 5      1     codec: 0 raw, 1 zstd, 2 planes (byte-grouped, a codec per plane)
-6      1     filters: bit 0 xor-delta (the base digest follows)
-7      1     element size k: the number of planes for codec 2, else 1
+6      1     filters: bit 0 xor-delta, bit 1 sub-delta (at most one; the base digest follows)
+7      1     element size k: the number of planes for codec 2; with sub-delta also the
+             width of its elements (1, 2, 4 or 8; 2, 4 or 8 for planes); else 1
 8      8     decoded length, unsigned little-endian
-16     32    base digest (raw bytes), only when the xor-delta bit is set
+16     32    base digest (raw bytes), only when a delta bit is set
 ```
 The payload follows the header and runs to the end of the blob. A planes payload opens
 with a table of k entries (u8 plane codec: 0 raw or 1 zstd; u64 stored length), then the
@@ -24,9 +25,11 @@ from enum import IntEnum, IntFlag
 from castore.errors import FormatError, IntegrityError
 
 __all__ = [
+    "DELTA_FILTERS",
     "FRAME_MAGIC",
     "FRAME_VERSION",
     "MAX_PLANES",
+    "SUB_DELTA_SIZES",
     "CodecId",
     "FilterFlags",
     "FrameHeader",
@@ -50,6 +53,13 @@ class CodecId(IntEnum):
 class FilterFlags(IntFlag):
     NONE = 0
     XOR_DELTA = 1
+    SUB_DELTA = 2
+
+
+DELTA_FILTERS = FilterFlags.XOR_DELTA | FilterFlags.SUB_DELTA
+"""The filters that store a chunk against a base; a frame has at most one of them."""
+SUB_DELTA_SIZES = (1, 2, 4, 8)
+"""The element widths sub-delta works on (2, 4 and 8 for a planes frame)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,19 +104,30 @@ def unpack_header(frame: bytes | memoryview) -> FrameHeader:
         )
     if codec not in CodecId.__members__.values():
         raise FormatError(f"unknown frame codec {codec}; upgrade castore")
-    if filters & ~int(FilterFlags.XOR_DELTA) & 0xFF:
+    if filters & ~int(DELTA_FILTERS) & 0xFF:
         raise FormatError(f"unknown frame filters {filters:#04x}; upgrade castore")
-    if codec == CodecId.PLANES:
-        if not 2 <= element_size <= MAX_PLANES or decoded_length % element_size:
-            raise IntegrityError(
-                f"planes frame of {decoded_length} bytes cannot hold {element_size} planes"
-            )
-    elif element_size != 1:
-        raise IntegrityError(f"element size {element_size} is only valid for a planes frame")
     flags = FilterFlags(filters)
+    if flags == DELTA_FILTERS:
+        raise IntegrityError("frame sets both the xor-delta and the sub-delta filter")
+    _check_element_size(CodecId(codec), flags, element_size, decoded_length)
     base_digest = None
-    if flags & FilterFlags.XOR_DELTA:
+    if flags & DELTA_FILTERS:
         if len(frame) < _FIXED.size + _BASE_BYTES:
             raise IntegrityError("delta frame truncated inside its base digest")
         base_digest = bytes(frame[_FIXED.size : _FIXED.size + _BASE_BYTES]).hex()
     return FrameHeader(CodecId(codec), flags, element_size, decoded_length, base_digest)
+
+
+def _check_element_size(codec: CodecId, flags: FilterFlags, k: int, length: int) -> None:
+    """Byte 7 is the plane count of a planes frame and the element width of sub-delta."""
+    if flags & FilterFlags.SUB_DELTA:
+        if k not in SUB_DELTA_SIZES or (codec == CodecId.PLANES and k == 1) or length % k:
+            raise IntegrityError(
+                f"sub-delta over {k}-byte elements is invalid for a {codec.name.lower()} "
+                f"frame of {length} bytes"
+            )
+    elif codec == CodecId.PLANES:
+        if not 2 <= k <= MAX_PLANES or length % k:
+            raise IntegrityError(f"planes frame of {length} bytes cannot hold {k} planes")
+    elif k != 1:
+        raise IntegrityError(f"element size {k} is only valid for a planes frame or sub-delta")

@@ -1,7 +1,8 @@
 """Mark: every blob that some manifest part of some run references, from Parquet alone.
 
-A part lists each chunk's digest and the delta base of its frame (``chunks.base``), so
-what garbage collection must keep is known without reading a single blob. Only the
+A part lists each chunk's digest and the delta chain below its frame (``chunks.base``,
+then ``chunks.ancestors``), so what garbage collection must keep is known without
+reading a single blob. Only the
 ``tensors`` column is read. A part that cannot be read stops the mark: its references
 are unknown, and a sweep that guessed could delete blobs a checkpoint needs.
 """
@@ -84,13 +85,15 @@ def mark_reachable(location: Location, *, workers: int) -> Reachability:
 
 
 def part_digests(location: Location, run: str, epoch: int) -> frozenset[Digest]:
-    """Every blob one part references: chunk digests and delta bases."""
+    """Every blob one part references: chunk digests and their delta chains."""
     data = location.read(part_key(run, epoch))
     try:
         table = read_parquet_bytes(data, columns=["format_version", "tensors"])
         version = table.column("format_version")[0].as_py()
         chunks = table.column("tensors").combine_chunks().flatten().field("chunks").flatten()
         names = chunks.field("digest").to_pylist() + chunks.field("base").drop_null().to_pylist()
+        if chunks.type.get_field_index("ancestors") >= 0:  # format version 2 on
+            names += chunks.field("ancestors").flatten().to_pylist()
     except (pa.ArrowException, OSError, KeyError, IndexError) as exc:
         raise IntegrityError(
             f"manifest part is unreadable ({exc}); garbage collection cannot know what it "

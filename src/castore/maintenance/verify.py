@@ -1,7 +1,7 @@
 """Verify: every blob the manifests reference exists and decodes to its digest.
 
 Blobs are read from the store itself, never from a local cache, decoded (a delta frame
-with its base) and hashed, concurrently. Each problem names the blob and every
+with the chain of bases below it) and hashed, concurrently. Each problem names the blob and every
 checkpoint and tensor that needs it, so an operator knows what a loss costs; a broken
 delta base is reported once, on the base, with the tensors of every delta built on it.
 """
@@ -167,12 +167,11 @@ def plan_verify(location: Location, *, run: str | None = None, workers: int) -> 
         for ref in record.tensors:
             names = [BlobUse(record.run, record.epoch, name) for name in users[ref.name]]
             for chunk in ref.chunks:
-                uses[chunk.digest].update(names)
-                lengths.setdefault(chunk.digest, chunk.blob_length)
-                bases.setdefault(chunk.digest, chunk.base)
-                if chunk.base is not None:
-                    uses[chunk.base].update(names)
-                    lengths.setdefault(chunk.base, chunk.blob_length)
+                chain = (chunk.digest, *chunk.lineage)
+                for digest, base in zip(chain, (*chain[1:], None), strict=True):
+                    uses[digest].update(names)
+                    lengths.setdefault(digest, chunk.blob_length)
+                    bases.setdefault(digest, base)
     return VerifyPlan(
         run=run,
         n_checkpoints=len(records),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +11,12 @@ import pyarrow as pa
 
 from castore.blobstore.digest import is_digest
 from castore.errors import FormatError, IntegrityError
-from castore.manifest.schema import FORMAT_VERSION, RESERVED_COLUMNS, part_schema
+from castore.manifest.schema import (
+    FORMAT_VERSION,
+    RESERVED_COLUMNS,
+    TENSOR_TYPE,
+    part_schema,
+)
 from castore.snapshot.refs import ChunkRef, Role, TensorRef
 
 if TYPE_CHECKING:
@@ -40,8 +47,7 @@ class CheckpointRecord:
         for tensor in self.tensors:
             for chunk in tensor.chunks:
                 found.add(chunk.digest)
-                if chunk.base is not None:
-                    found.add(chunk.base)
+                found.update(chunk.lineage)
         return found
 
 
@@ -61,10 +67,38 @@ def record_to_table(record: CheckpointRecord) -> pa.Table:
         "new_blobs": record.new_blobs,
         **{name: record.metrics[name] for name in metric_names},
         "skeleton": record.skeleton,
-        "tensors": [_tensor_row(t) for t in record.tensors],
     }
-    schema = part_schema(metric_names)
-    return pa.Table.from_pylist([row], schema=schema)
+    schema = _schema(tuple(metric_names))
+    columns = [pa.array([row[f.name]], type=f.type) for f in schema if f.name != "tensors"]
+    columns.append(_tensors_column(record.tensors))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+@functools.lru_cache(maxsize=64)
+def _schema(metric_names: tuple[str, ...]) -> pa.Schema:
+    return part_schema(list(metric_names))
+
+
+_TENSORS_TYPE = pa.list_(TENSOR_TYPE)
+_COLUMN_CACHE_SIZE = 8
+_columns: dict[int, tuple[tuple[TensorRef, ...], pa.Array]] = {}
+_columns_lock = threading.Lock()
+
+
+def _tensors_column(tensors: tuple[TensorRef, ...]) -> pa.Array:
+    """The one-row ``tensors`` column. A checkpoint that reuses its parent's refs commits
+    the very same tuple (immutable, of frozen refs), so the column is kept for the last
+    few tuples by identity, holding each tuple so that its id is not reused meanwhile."""
+    with _columns_lock:
+        cached = _columns.get(id(tensors))
+    if cached is not None and cached[0] is tensors:
+        return cached[1]
+    column = pa.array([[_tensor_row(t) for t in tensors]], type=_TENSORS_TYPE)
+    with _columns_lock:
+        _columns[id(tensors)] = (tensors, column)
+        while len(_columns) > _COLUMN_CACHE_SIZE:
+            del _columns[next(iter(_columns))]
+    return column
 
 
 def record_from_table(table: pa.Table) -> CheckpointRecord:
@@ -120,6 +154,7 @@ def _tensor_row(tensor: TensorRef) -> dict[str, Any]:
                 "length": c.length,
                 "blob_length": c.blob_length,
                 "base": c.base,
+                "ancestors": list(c.ancestors),
             }
             for c in tensor.chunks
         ],
@@ -127,19 +162,23 @@ def _tensor_row(tensor: TensorRef) -> dict[str, Any]:
 
 
 def _tensor_from_row(row: dict[str, Any]) -> TensorRef:
-    for chunk in row["chunks"]:
-        for digest in (chunk["digest"], chunk["base"]):
+    chunks = []
+    for c in row["chunks"]:
+        ancestors = tuple(c.get("ancestors") or ())  # absent before format version 2
+        for digest in (c["digest"], c["base"], *ancestors):
             if digest is not None and not is_digest(digest):
                 raise IntegrityError(f"manifest names a malformed blob digest {digest!r:.80}")
+        if ancestors and c["base"] is None:
+            raise IntegrityError("manifest lists delta ancestors of a chunk without a base")
+        chunks.append(
+            ChunkRef(c["digest"], c["offset"], c["length"], c["blob_length"], c["base"], ancestors)
+        )
     return TensorRef(
         name=row["name"],
         role=Role(row["role"]),
         dtype=row["dtype"],
         shape=tuple(row["shape"]),
-        chunks=tuple(
-            ChunkRef(c["digest"], c["offset"], c["length"], c["blob_length"], c["base"])
-            for c in row["chunks"]
-        ),
+        chunks=tuple(chunks),
         base=row["base"],
         storage_offset=row["storage_offset"],
         stride=tuple(row["stride"]),

@@ -24,7 +24,7 @@ __all__ = [
     "part_schema",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 CHUNK_TYPE = pa.struct(
     [
@@ -33,6 +33,7 @@ CHUNK_TYPE = pa.struct(
         pa.field("length", pa.int64(), nullable=False),
         pa.field("blob_length", pa.int64(), nullable=False),
         pa.field("base", pa.string()),
+        pa.field("ancestors", pa.list_(pa.string()), nullable=False),
     ]
 )
 

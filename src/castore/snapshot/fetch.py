@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from castore.snapshot.refs import TensorRef
 
 __all__ = [
+    "MAX_DECODE_DEPTH",
     "BlobJob",
     "Destination",
     "MemoryDestination",
@@ -40,6 +41,10 @@ __all__ = [
     "fetch_jobs",
     "plan_jobs",
 ]
+
+# Delta frames a decode follows below one blob before it calls the chain forged: castore
+# writes at most ``CodecOptions.max_chain`` (a few), and a loop of bases never ends.
+MAX_DECODE_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +147,15 @@ def _fetch_into(
     verify: bool,
     in_place: bool,
     from_store: bool = False,
+    depth: int = 0,
 ) -> None:
     def base_bytes(base: str) -> np.ndarray:
+        if depth >= MAX_DECODE_DEPTH:
+            raise IntegrityError(
+                f"delta chain longer than {MAX_DECODE_DEPTH} frames, or looping", digest=digest
+            )
         decoded = np.empty(out.size, dtype=np.uint8)
-        _fetch_into(blobs, Digest(base), decoded, verify=verify, in_place=in_place)
+        _fetch_into(blobs, Digest(base), decoded, verify=verify, in_place=in_place, depth=depth + 1)
         return decoded
 
     try:
@@ -158,7 +168,9 @@ def _fetch_into(
     except IntegrityError:
         if from_store or not blobs.discard_cached(digest):
             raise
-        _fetch_into(blobs, digest, out, verify=verify, in_place=in_place, from_store=True)
+        _fetch_into(
+            blobs, digest, out, verify=verify, in_place=in_place, from_store=True, depth=depth
+        )
 
 
 def fetch_jobs(

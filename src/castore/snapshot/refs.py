@@ -29,7 +29,8 @@ class ChunkRef:
 
     The pieces of an entry, in order, concatenate to its bytes. ``blob_length`` is the
     decoded size of the whole blob (a pack holds several entries); ``base`` is the delta
-    base digest of the blob's frame, so reachability is known from the manifest alone.
+    base digest of the blob's frame and ``ancestors`` the bases below it, nearest first,
+    down to a full frame, so reachability is known from the manifest alone.
     """
 
     digest: str
@@ -37,6 +38,12 @@ class ChunkRef:
     length: int
     blob_length: int
     base: str | None = None
+    ancestors: tuple[str, ...] = ()
+
+    @property
+    def lineage(self) -> tuple[str, ...]:
+        """Every delta base below the blob, nearest first; empty for a full frame."""
+        return () if self.base is None else (self.base, *self.ancestors)
 
 
 @dataclass(frozen=True, slots=True)

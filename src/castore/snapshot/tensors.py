@@ -17,7 +17,15 @@ from castore.errors import InvalidCheckpointError
 from castore.snapshot.dtypes import code_of
 from castore.snapshot.refs import Role
 
-__all__ = ["PlannedEntry", "check_tensor", "host_bytes", "plan_entries"]
+__all__ = [
+    "EntryPlan",
+    "PlannedEntry",
+    "check_tensor",
+    "host_bytes",
+    "memory_bytes",
+    "plan_entries",
+    "replan_entries",
+]
 
 _ALLOWED_TYPES = (torch.Tensor, torch.nn.Parameter)
 
@@ -98,6 +106,104 @@ def plan_entries(names: tuple[str, ...], tensors: tuple[torch.Tensor, ...]) -> l
     return _in_name_order(entries, names)
 
 
+@dataclass(frozen=True, slots=True)
+class EntryPlan:
+    """``plan_entries``' result with what it was planned from, so that the same state saved
+    again is not planned again (``replan_entries``).
+
+    ``signatures`` holds, per tensor, everything of it ``plan_entries`` reads (None when
+    the plan is not reusable: it has a STORAGE entry, whose source is made for the plan);
+    ``leaves`` the leaf index of each entry's source, -1 for entries without one.
+    """
+
+    names: tuple[str, ...]
+    signatures: tuple[tuple[object, ...], ...] | None
+    entries: tuple[PlannedEntry, ...]
+    leaves: tuple[int, ...]
+
+
+def replan_entries(
+    names: tuple[str, ...], tensors: tuple[torch.Tensor, ...], previous: EntryPlan | None
+) -> EntryPlan:
+    """``plan_entries(names, tensors)``, taken from ``previous`` when that was planned for
+    the same names and tensors of the same signature (type, dtype, layout, device, shape,
+    strides, storage and its offset, conjugate and negative bits): the plan is a function
+    of exactly these, so it is the same plan, its entries given the new tensors as sources.
+    """
+    signatures = _signatures(tensors)
+    if (
+        previous is not None
+        and signatures is not None
+        and previous.signatures == signatures
+        and previous.names == names
+    ):
+        if all(
+            leaf < 0 or entry.source is tensors[leaf]
+            for entry, leaf in zip(previous.entries, previous.leaves, strict=True)
+        ):
+            return previous
+        entries = tuple(
+            entry if leaf < 0 else _with_source(entry, tensors[leaf])
+            for entry, leaf in zip(previous.entries, previous.leaves, strict=True)
+        )
+        return EntryPlan(names, signatures, entries, previous.leaves)
+    planned = tuple(plan_entries(names, tensors))
+    position = {name: i for i, name in enumerate(names)}
+    leaves = tuple(position.get(e.name, -1) if e.source is not None else -1 for e in planned)
+    reusable = signatures is not None and all(
+        e.source is None or (leaf >= 0 and e.source is tensors[leaf])
+        for e, leaf in zip(planned, leaves, strict=True)
+    )
+    return EntryPlan(names, signatures if reusable else None, planned, leaves)
+
+
+def _signatures(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[object, ...], ...] | None:
+    """Each tensor's signature (see ``replan_entries``); None if one is not a plain strided
+    tensor, which ``plan_entries`` refuses or plans without a storage to compare."""
+    signatures = []
+    for tensor in tensors:
+        if (
+            type(tensor) not in _ALLOWED_TYPES
+            or tensor.layout is not torch.strided
+            or tensor.is_nested
+            or tensor.is_quantized
+            or tensor.is_meta
+        ):
+            return None
+        storage = tensor.untyped_storage()
+        signatures.append(
+            (
+                type(tensor),
+                tensor.dtype,
+                tensor.device,
+                tensor.shape,
+                tensor.stride(),
+                tensor.storage_offset(),
+                storage.data_ptr(),
+                storage.nbytes(),
+                tensor.is_conj(),
+                tensor.is_neg(),
+            )
+        )
+    return tuple(signatures)
+
+
+def _with_source(entry: PlannedEntry, source: torch.Tensor) -> PlannedEntry:
+    if entry.source is source:
+        return entry
+    return PlannedEntry(
+        name=entry.name,
+        role=entry.role,
+        dtype=entry.dtype,
+        shape=entry.shape,
+        device=entry.device,
+        source=source,
+        base=entry.base,
+        storage_offset=entry.storage_offset,
+        stride=entry.stride,
+    )
+
+
 def host_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's row-major bytes in CPU memory, without a copy when already there.
 
@@ -110,6 +216,22 @@ def host_bytes(tensor: torch.Tensor) -> memoryview:
     flat = flat.resolve_conj().resolve_neg().reshape(-1)
     if flat.numel() and flat.stride(0) != 1:
         flat = flat.clone(memory_format=torch.contiguous_format)
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+def memory_bytes(tensor: torch.Tensor) -> memoryview | None:
+    """``host_bytes`` where they are the tensor's own memory, read in place: a contiguous CPU
+    tensor that is no lazy conjugate or negative view. None where they would be a copy."""
+    if (
+        tensor.device.type != "cpu"
+        or not tensor.is_contiguous()
+        or tensor.is_conj()
+        or tensor.is_neg()
+    ):
+        return None
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:
+        return None
     return memoryview(flat.view(torch.uint8).numpy()).cast("B")
 
 
