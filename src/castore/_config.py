@@ -58,7 +58,10 @@ class CodecOptions:
     stores a chunk that changed since the parent checkpoint as a delta against the
     parent's same chunk, unless ``codec`` is ``raw``; ``max_chain`` bounds how many
     deltas stack before a full frame, so a load decodes at most ``max_chain + 1`` frames
-    per chunk (see docs/format.md: longer chains store less, loads decode more).
+    per chunk (see docs/format.md: longer chains store less, loads decode more). A save
+    after the first keeps up to ``base_cache_bytes`` of the chunks it wrote in memory, so
+    the next save of the run in this process finds its delta bases there instead of
+    reading and decoding their chains from the store (0 turns this off).
     """
 
     codec: CodecName = "auto"
@@ -66,6 +69,7 @@ class CodecOptions:
     min_saving: float = 0.05
     delta: bool = True
     max_chain: int = 4
+    base_cache_bytes: int = 512 * MiB
 
     def __post_init__(self) -> None:
         if self.codec not in ("auto", "raw", "zstd"):
@@ -74,6 +78,10 @@ class CodecOptions:
             raise ValueError(f"min_saving must be within [0, 1), got {self.min_saving}")
         if not isinstance(self.max_chain, int) or not 1 <= self.max_chain <= 16:
             raise ValueError(f"max_chain must be an int within [1, 16], got {self.max_chain!r}")
+        if not isinstance(self.base_cache_bytes, int) or self.base_cache_bytes < 0:
+            raise ValueError(
+                f"base_cache_bytes must be a non-negative int, got {self.base_cache_bytes!r}"
+            )
 
 
 def _default_workers() -> int:

@@ -171,3 +171,49 @@ def test_packs_split_by_large_tensors_still_find_their_base():
     assert pack.base == run.record(0).tensors[0].chunks[0].digest
     loaded = run.load(1)
     assert all(torch.equal(loaded[name], tensor) for name, tensor in drifted.items())
+
+
+def count_base_fetches(monkeypatch) -> list[str]:
+    import castore.api.deltas as deltas
+
+    fetched: list[str] = []
+    real = deltas.fetch_into
+
+    def counting(blobs, digest, out, **kwargs):
+        fetched.append(digest)
+        return real(blobs, digest, out, **kwargs)
+
+    monkeypatch.setattr(deltas, "fetch_into", counting)
+    return fetched
+
+
+@pytest.mark.parametrize("budget", [0, 65 * 1024, 512 * 1024 * 1024])
+def test_later_saves_take_their_bases_from_memory_within_the_budget(monkeypatch, budget):
+    fetched = count_base_fetches(monkeypatch)
+    codec = castore.CodecOptions(base_cache_bytes=budget)
+    url = f"memory://{uuid.uuid4().hex}"
+    run = open_store(url, codec=codec).run("r")
+    states = drifting_states(4)
+    per_save = []
+    for epoch, state in enumerate(states):
+        before = len(fetched)
+        run.save(state, epoch=epoch)
+        per_save.append(len(fetched) - before)
+    chunks = len(run.record(0).digests())  # "w" in 4 chunks of 64 KiB, "b" in a small pack
+    assert chunks == 5
+    # The first save keeps nothing (it may be the last); its chunks are read back once.
+    assert per_save[:2] == [0, chunks]
+    expected = {0: chunks, 65 * 1024: chunks - 2, 512 * 1024 * 1024: 0}[budget]
+    assert per_save[2:] == [expected, expected]
+
+    plain = open_store(f"memory://{uuid.uuid4().hex}", codec=castore.CodecOptions()).run("r")
+    for epoch, state in enumerate(states):
+        plain.save(state, epoch=epoch)
+    for epoch, state in enumerate(states):
+        assert run.record(epoch).digests() == plain.record(epoch).digests()
+        assert torch.equal(castore.open(url).run("r").load(epoch)["w"], state["w"])
+
+
+def test_base_cache_bytes_must_be_a_non_negative_int():
+    with pytest.raises(ValueError, match="base_cache_bytes"):
+        castore.CodecOptions(base_cache_bytes=-1)

@@ -17,6 +17,7 @@ collection keeps a chain whole from Parquet alone.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ from castore.errors import IntegrityError
 from castore.snapshot.fetch import MAX_DECODE_DEPTH, fetch_into
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from castore._config import CodecOptions
     from castore.blobstore.store import BlobStore
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FULL_FRAME_CHECK",
+    "BaseCache",
     "Lineage",
     "Position",
     "chunk_position",
@@ -111,6 +113,53 @@ def delta_base(
     return found if len(lineage) < options.max_chain else (lineage[-1], ())
 
 
+class BaseCache:
+    """Decoded bytes of the chunks one save wrote (or reused from the cache before it),
+    by digest, up to a byte budget: the next save's delta bases, without reading their
+    chains back from the store and decoding them level by level.
+
+    The bytes are copies taken when the chunk was written, from the very memory it was
+    hashed from, so they are what the digest names. Thread-safe: encoders add from
+    worker threads.
+    """
+
+    def __init__(self, budget: int, previous: Mapping[str, np.ndarray]) -> None:
+        self._budget = budget
+        self._previous = previous
+        self._kept: dict[str, np.ndarray] = {}
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> np.ndarray | None:
+        """The previous save's bytes of ``digest``, if it kept them."""
+        return self._previous.get(digest)
+
+    def keep(self, digest: str, data: memoryview | bytes | np.ndarray) -> None:
+        """Keep a copy of ``data`` for the next save, if the budget allows."""
+        size = memoryview(data).nbytes
+        with self._lock:
+            if digest in self._kept or self._used + size > self._budget:
+                return
+            self._used += size
+        copy = np.array(np.frombuffer(data, dtype=np.uint8))
+        with self._lock:
+            self._kept[digest] = copy
+
+    def carry(self, digests: Iterable[str]) -> None:
+        """Keep the previous save's bytes of ``digests`` (chunks this save reused)."""
+        for digest in digests:
+            found = self._previous.get(digest)
+            if found is not None:
+                with self._lock:
+                    if digest not in self._kept and self._used + found.nbytes <= self._budget:
+                        self._kept[digest] = found
+                        self._used += found.nbytes
+
+    def kept(self) -> dict[str, np.ndarray]:
+        with self._lock:
+            return dict(self._kept)
+
+
 def write_blob(
     blobs: BlobStore,
     digest: Digest,
@@ -118,15 +167,18 @@ def write_blob(
     data: memoryview | bytes,
     base: tuple[str, Lineage] | None,
     options: CodecOptions,
+    cache: BaseCache | None = None,
 ) -> tuple[int, Lineage]:
     """Encode and put one blob (a delta against ``base`` where that pays); return its
-    frame size and lineage."""
+    frame size and lineage. ``cache`` supplies base bytes the previous save kept."""
     parts: list[Buffer] | None = None
     lineage: Lineage = ()
     if base is not None:
         base_digest, base_lineage = base
-        base_bytes = np.empty(chunk.length, dtype=np.uint8)
-        fetch_into(blobs, Digest(base_digest), base_bytes)
+        base_bytes = cache.get(base_digest) if cache is not None else None
+        if base_bytes is None:
+            base_bytes = np.empty(chunk.length, dtype=np.uint8)
+            fetch_into(blobs, Digest(base_digest), base_bytes)
         parts = encode_frame_parts(
             data,
             element_size=chunk.element_size,

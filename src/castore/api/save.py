@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from castore._concurrency import bounded_map
 from castore.api.deltas import (
+    BaseCache,
     Lineage,
     chunk_position,
     delta_base,
@@ -219,16 +220,23 @@ def store_tensors(
     missing = sorted(set(unknown) - present)
     for digest in present:
         lineages[digest] = stored_lineage(blobs, digest)
+    # Bases for the next save: only once a run is under way (a first save may be the last).
+    keep = parent is not None and options.codec.delta and options.codec.codec != "raw"
+    cache = BaseCache(
+        options.codec.base_cache_bytes if keep else 0, usable.bases if usable is not None else {}
+    )
     frame_sizes: list[int] = []
     if missing:
         positions = parent_positions(parent) if parent is not None else {}
 
         def encode_and_put(digest: Digest) -> int:
             chunk = first_chunk[digest]
+            raw = chunk_data(chunk, data)
             base = delta_base(chunk_position(chunk, entries), positions, options.codec)
             size, lineages[digest] = write_blob(
-                blobs, digest, chunk, chunk_data(chunk, data), base, options.codec
+                blobs, digest, chunk, raw, base, options.codec, cache
             )
+            cache.keep(digest, raw)
             return size
 
         new_bytes = sum(first_chunk[d].length for d in missing)
@@ -252,6 +260,7 @@ def store_tensors(
         refs = same.refs
     else:
         refs = _tensor_refs(entries, chunks, digests, lineages)
+    cache.carry(set(first_chunk).difference(missing))
     return StoredTensors(
         refs=refs,
         logical_bytes=sum(chunk.length for chunk in chunks),
@@ -259,17 +268,20 @@ def store_tensors(
             d: (first_chunk[d].length, size) for d, size in zip(missing, frame_sizes, strict=True)
         },
         n_blobs=len(first_chunk),
-        memo=remember(
-            epoch,
-            options.chunking,
-            chunks,
-            entries,
-            layout,
-            states,
-            digests,
-            refs,
-            previous=same,
-            reused_all=reused_all,
+        memo=dataclasses.replace(
+            remember(
+                epoch,
+                options.chunking,
+                chunks,
+                entries,
+                layout,
+                states,
+                digests,
+                refs,
+                previous=same,
+                reused_all=reused_all,
+            ),
+            bases=cache.kept(),
         ),
     )
 

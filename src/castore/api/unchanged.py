@@ -33,7 +33,9 @@ from castore.snapshot.refs import Role
 from castore.snapshot.tensors import host_bytes, memory_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
+
+    import numpy as np
 
     from castore.blobstore.digest import Digest
     from castore.snapshot.chunking import PlannedChunk
@@ -84,6 +86,8 @@ class SaveMemo:
     ``views`` each entry's bytes read in place (None where that needs a copy or a device
     read) and ``gather`` every window as a slice of them, or None unless all are.
     ``entry_plan`` is the save's ``plan_entries`` result, reused for an identical state.
+    ``bases`` holds decoded bytes of chunks of that save by digest, the next save's delta
+    bases (see ``deltas.BaseCache``).
     """
 
     epoch: int
@@ -99,6 +103,7 @@ class SaveMemo:
     gather: tuple[memoryview, ...] | None = field(repr=False)
     tensors: list[torch.Tensor] = field(repr=False)
     entry_plan: EntryPlan | None = field(default=None, repr=False)
+    bases: Mapping[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def sampled_bytes(self, k: int) -> bytes:
         return self.sample[self.samples.offsets[k] : self.samples.offsets[k + 1]]
