@@ -180,34 +180,44 @@ def bench_lm(preset: Preset, workdir: str, seed: int) -> list[RunResult]:
         workdir,
     )
     trainer = LMTrainer(model, list(model.parameters()), text[: preset.corpus_bytes], c, seed)
-    run_training(dense, trainer, preset.lm_checkpoints)
-    print_run(pretrained := dense.finish(training_state(trainer)))
+    run_training([dense], trainer, preset.lm_checkpoints)
+    print_run(pretrained := dense.finish(training_state(trainer), keep_store=True))
 
     tune = dataclasses.replace(c, lr=preset.finetune_lr)
     tuner = LMTrainer(model, trainable_tail(model), text[preset.corpus_bytes :], tune, seed + 1)
-    tuned = SideBySide(
-        "lm-finetune",
+    what = (
         f"the model above fine-tuned: last {max(1, c.layers // 4)} of {c.layers} blocks, "
         f"final norm and head train (the rest frozen, not in the optimizer), AdamW lr "
         f"{tune.lr:g}, {tune.steps} steps per checkpoint, on the next "
-        f"{human_bytes(preset.finetune_bytes)}; model + optimizer",
+        f"{human_bytes(preset.finetune_bytes)}; model + optimizer"
+    )
+    alone = SideBySide("lm-finetune", f"{what}; a store of its own", TARGET_FINETUNE, workdir)
+    beside = SideBySide(
+        "lm-finetune-shared",
+        f"{what}; saved into the pre-training run's store, where its frozen weights "
+        "dedup (bytes counted: this run's only)",
         TARGET_FINETUNE,
         workdir,
+        store_dir=dense.store_dir,
     )
-    run_training(tuned, tuner, preset.finetune_checkpoints)
-    print_run(finetuned := tuned.finish(training_state(tuner)))
-    return [pretrained, finetuned]
+    run_training([alone, beside], tuner, preset.finetune_checkpoints)
+    finetuned = [side.finish(training_state(tuner)) for side in (alone, beside)]
+    shutil.rmtree(dense.root, ignore_errors=True)
+    for result in finetuned:
+        print_run(result)
+    return [pretrained, *finetuned]
 
 
 def training_state(trainer: LMTrainer) -> dict[str, object]:
     return {"model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict()}
 
 
-def run_training(side: SideBySide, trainer: LMTrainer, checkpoints: int) -> None:
+def run_training(sides: Sequence[SideBySide], trainer: LMTrainer, checkpoints: int) -> None:
     for epoch in range(checkpoints):
         with one_torch_thread():
             metric = trainer.train()
-        side.save(epoch, training_state(trainer), metric)
+        for side in sides:
+            side.save(epoch, training_state(trainer), metric)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 
 STORAGE_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "storage.py"
 
-RUNS = ["rl-ppo", "rl-ppo-policy", "lm", "lm-finetune"]
+RUNS = ["rl-ppo", "rl-ppo-policy", "lm", "lm-finetune", "lm-finetune-shared"]
 CHECKPOINTS = 3
 
 

@@ -94,14 +94,27 @@ class SideBySide:
     warmer than torch.save does.
     """
 
-    def __init__(self, name: str, title: str, target: float, workdir: str) -> None:
+    def __init__(
+        self,
+        name: str,
+        title: str,
+        target: float,
+        workdir: str,
+        store_dir: str | None = None,
+    ) -> None:
+        """``store_dir``: a store another run already uses (a fine-tune saving beside its
+        pre-training run); its bytes before the first save are not counted as this run's."""
         self.name = name
         self.title = title
         self.target = target
         self.root = os.path.join(workdir, name)
-        self.store_dir = os.path.join(self.root, "castore")
+        self.store_dir = store_dir or os.path.join(self.root, "castore")
         self.torch_dir = os.path.join(self.root, "torch")
         os.makedirs(self.torch_dir)
+        self.bytes_before = (
+            tree_bytes(os.path.join(self.store_dir, "blobs")),
+            tree_bytes(self.store_dir),
+        )
         self.run = castore.open(self.store_dir, progress=False).run(name)
         self.rows: list[Checkpoint] = []
         self.first: castore.SaveInfo | None = None
@@ -126,8 +139,9 @@ class SideBySide:
             Checkpoint(epoch, info.stored_bytes, os.path.getsize(path), castore_s, torch_s, metric)
         )
 
-    def finish(self, state: object) -> RunResult:
-        """Check that a fresh store loads the last state bit for bit, measure, clean up."""
+    def finish(self, state: object, *, keep_store: bool = False) -> RunResult:
+        """Check that a fresh store loads the last state bit for bit, measure, clean up
+        (all but the store, with ``keep_store``: another run saves into it next)."""
         if self.first is None:
             raise AssertionError(f"{self.name}: no checkpoint was saved")
         loaded = castore.open(self.store_dir, progress=False).run(self.name).load()
@@ -139,10 +153,12 @@ class SideBySide:
             tensors=self.tensors,
             logical_bytes=self.first.logical_bytes,
             rows=tuple(self.rows),
-            blobs_bytes=tree_bytes(os.path.join(self.store_dir, "blobs")),
-            store_bytes=tree_bytes(self.store_dir),
+            blobs_bytes=tree_bytes(os.path.join(self.store_dir, "blobs")) - self.bytes_before[0],
+            store_bytes=tree_bytes(self.store_dir) - self.bytes_before[1],
         )
-        shutil.rmtree(self.root)
+        shutil.rmtree(self.torch_dir)
+        if not keep_store:
+            shutil.rmtree(self.root)  # its own store lies under it; a shared one is the owner's
         return result
 
 

@@ -10,8 +10,8 @@ bounded by ``CodecOptions.max_chain``, so a load decodes at most ``max_chain + 1
 frames per chunk: a chunk whose parent chunk already sits at the bound starts a new
 chain as a delta against that chain's root, the full frame at its bottom (a delta
 against an older checkpoint, yet still smaller than a full frame while weights drift
-slowly). A chunk whose delta saves too little against a full frame is stored whole and
-roots the chains after it. The manifest records every chunk's lineage, so garbage
+slowly), unless it saves under 10% against a full frame. A chunk stored whole roots the
+chains after it. The manifest records every chunk's lineage, so garbage
 collection keeps a chain whole from Parquet alone.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FULL_FRAME_CHECK",
     "BaseCache",
+    "DeltaBase",
     "Lineage",
     "Position",
     "chunk_position",
@@ -53,6 +54,11 @@ __all__ = [
 
 # A delta larger than this fraction of the raw chunk is compared with a full frame.
 FULL_FRAME_CHECK = 0.8
+# A new chain's first delta, against the old chain's root, is compared with a full frame
+# from this fraction on, and kept only if it saves this much against it: a full frame
+# becomes a fresh root, so the chains after it start from recent weights, not old ones.
+_REROOT_CHECK = 0.6
+_REROOT_GAIN = 0.9
 _HEAD_BYTES = 48
 
 Position = tuple[tuple[object, ...], ...]
@@ -100,17 +106,28 @@ def parent_positions(parent: CheckpointRecord) -> dict[Position, tuple[str, Line
     return positions
 
 
+class DeltaBase(NamedTuple):
+    """The frame a chunk is a delta against, its lineage, and whether that frame is the
+    root of a chain that reached its bound (the new chain's first delta)."""
+
+    digest: str
+    lineage: Lineage
+    reroot: bool = False
+
+
 def delta_base(
     position: Position, parent: dict[Position, tuple[str, Lineage]], options: CodecOptions
-) -> tuple[str, Lineage] | None:
-    """The frame (digest, lineage) a chunk at ``position`` is a delta against: the parent
-    checkpoint's chunk there, or, when that chunk's chain is ``options.max_chain`` long
-    already, the full frame at the chain's root. None: no such chunk, or deltas off."""
+) -> DeltaBase | None:
+    """The frame a chunk at ``position`` is a delta against: the parent checkpoint's chunk
+    there, or, when that chunk's chain is ``options.max_chain`` long already, the full
+    frame at the chain's root. None: no such chunk, or deltas off."""
     found = parent.get(position)
     if found is None or not options.delta or options.codec == "raw":
         return None
-    lineage = found[1]
-    return found if len(lineage) < options.max_chain else (lineage[-1], ())
+    digest, lineage = found
+    if len(lineage) < options.max_chain:
+        return DeltaBase(digest, lineage)
+    return DeltaBase(lineage[-1], (), reroot=True)
 
 
 class BaseCache:
@@ -165,7 +182,7 @@ def write_blob(
     digest: Digest,
     chunk: PlannedChunk,
     data: memoryview | bytes,
-    base: tuple[str, Lineage] | None,
+    base: DeltaBase | None,
     options: CodecOptions,
     cache: BaseCache | None = None,
 ) -> tuple[int, Lineage]:
@@ -174,7 +191,7 @@ def write_blob(
     parts: list[Buffer] | None = None
     lineage: Lineage = ()
     if base is not None:
-        base_digest, base_lineage = base
+        base_digest, base_lineage, reroot = base
         base_bytes = cache.get(base_digest) if cache is not None else None
         if base_bytes is None:
             base_bytes = np.empty(chunk.length, dtype=np.uint8)
@@ -187,9 +204,10 @@ def write_blob(
             options=options,
         )
         lineage = (base_digest, *base_lineage)
-        if _size(parts) > chunk.length * FULL_FRAME_CHECK:
+        check, gain = (_REROOT_CHECK, _REROOT_GAIN) if reroot else (FULL_FRAME_CHECK, 1.0)
+        if _size(parts) > chunk.length * check:
             full = encode_frame_parts(data, element_size=chunk.element_size, options=options)
-            if _size(full) < _size(parts):
+            if _size(parts) >= gain * _size(full):
                 parts, lineage = full, ()
     if parts is None:
         parts = encode_frame_parts(data, element_size=chunk.element_size, options=options)
