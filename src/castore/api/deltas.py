@@ -11,8 +11,8 @@ frames per chunk: a chunk whose parent chunk already sits at the bound starts a 
 chain as a delta against that chain's root, the full frame at its bottom (a delta
 against an older checkpoint, yet still smaller than a full frame while weights drift
 slowly), unless it saves under 10% against a full frame. A chunk stored whole roots the
-chains after it. The manifest records every chunk's lineage, so garbage
-collection keeps a chain whole from Parquet alone.
+chains after it. The manifest records every chunk's lineage, so garbage collection keeps
+a chain whole from Parquet alone.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ class BlobStore:
         self.location = location
         self.transfer = transfer or TransferOptions()
         self.counter = TransferCounter()
-        self._pending: dict[str, frozenset[Digest]] | None = None
+        self._pending: dict[str, frozenset[Digest]] = {}
+        self._recorded_digests: frozenset[Digest] | None = None  # their union, None: not read
         self._pending_lock = threading.Lock()
 
     def stats(self) -> TransferStats:
@@ -140,7 +141,7 @@ class BlobStore:
         """
         names = [n for n in self.location.list_names(GC_PREFIX) if parse_gc_pending_name(n)]
         with self._pending_lock:
-            known = {n: d for n, d in (self._pending or {}).items() if n in names}
+            known = {n: d for n, d in self._pending.items() if n in names}
         for name in names:
             if name not in known:
                 try:
@@ -148,17 +149,16 @@ class BlobStore:
                 except NotFoundError:  # swept by a gc pass since the listing
                     continue
                 known[name] = _pending_digests(data)
+        recorded = frozenset().union(*known.values())
         with self._pending_lock:
-            self._pending = known
-        return self._recorded()
+            self._pending, self._recorded_digests = known, recorded
+        return recorded
 
     def _recorded(self) -> frozenset[Digest]:
         """The digests pending records listed at the last look; the first call looks."""
         with self._pending_lock:
-            known = self._pending
-        if known is None:
-            return self.pending_deletions()
-        return frozenset().union(*known.values())
+            recorded = self._recorded_digests
+        return self.pending_deletions() if recorded is None else recorded
 
     def sizes(self) -> dict[Digest, int]:
         """Every blob in the store with its stored (frame) size; foreign files are ignored."""
