@@ -218,8 +218,16 @@ def store_tensors(
     unknown = [d for d in first_chunk if d not in lineages]
     present = blobs.has_many(unknown) if unknown else set()
     missing = sorted(set(unknown) - present)
-    for digest in present:
-        lineages[digest] = stored_lineage(blobs, digest)
+    if present:  # blobs other checkpoints wrote: their chains come from frame headers
+        found = sorted(present)
+        chains = bounded_map(
+            lambda d: stored_lineage(blobs, d),
+            found,
+            size_of=lambda _: 0,
+            workers=transfer.workers,
+            max_in_flight_bytes=1,
+        )
+        lineages.update(zip(found, chains, strict=True))
     # Bases for the next save: only once a run is under way (a first save may be the last).
     keep = parent is not None and options.codec.delta and options.codec.codec != "raw"
     cache = BaseCache(
