@@ -217,3 +217,19 @@ def test_later_saves_take_their_bases_from_memory_within_the_budget(monkeypatch,
 def test_base_cache_bytes_must_be_a_non_negative_int():
     with pytest.raises(ValueError, match="base_cache_bytes"):
         castore.CodecOptions(base_cache_bytes=-1)
+
+
+def test_a_corrupt_frame_inside_a_chain_is_named_by_the_load(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    run = store.run("r")
+    for epoch, state in enumerate(drifting_states(3)):
+        run.save(state, epoch=epoch)
+    chunk = run.record(2).tensors[0].chunks[0]
+    middle = chunk.lineage[0]
+    key = blob_key(middle)
+    frame = bytearray(store.location.read(key))
+    frame[-1] ^= 0xFF
+    store.location.write(key, [bytes(frame)])
+    with pytest.raises(IntegrityError) as info:
+        castore.open(store.url).run("r").load(2)
+    assert info.value.digest == middle

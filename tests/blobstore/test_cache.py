@@ -118,3 +118,32 @@ def test_corrupt_cached_frame_is_refetched(tmp_path, damage):
     assert stats.blobs_downloaded == 1
     with open(path, "rb") as f:
         assert f.read() == good
+
+
+def test_a_corrupt_cached_delta_base_is_refetched(tmp_path):
+    url = f"memory://{uuid.uuid4().hex}"
+    writer = castore.open(url, chunking=CHUNKS).run("r")
+    torch.manual_seed(3)
+    w = torch.randn(4096)  # one 16 KiB chunk
+    writer.save({"w": w}, epoch=0)
+    writer.save({"w": w + 1e-4 * torch.randn(4096)}, epoch=1)
+    (chunk,) = writer.record(1).tensors[0].chunks
+    assert chunk.base == writer.record(0).tensors[0].chunks[0].digest
+    reader = open_cached(url, tmp_path / "cache")
+    expected = reader.run("r").load(1)["w"]
+    (path,) = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(tmp_path / "cache")
+        for name in names
+        if chunk.base in name
+    ]
+    with open(path, "rb") as f:
+        good = f.read()
+    with open(path, "wb") as f:
+        f.write(good[:-1] + bytes([good[-1] ^ 0xFF]))
+
+    again = open_cached(url, tmp_path / "cache")
+    assert torch.equal(again.run("r").load(1)["w"], expected)
+    assert again.transfer_stats().blobs_downloaded == 1  # the base, from the store
+    with open(path, "rb") as f:
+        assert f.read() == good

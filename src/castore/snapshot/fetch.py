@@ -148,14 +148,32 @@ def _fetch_into(
     in_place: bool,
     from_store: bool = False,
     depth: int = 0,
+    check_bases: bool = False,
 ) -> None:
+    """Decode ``digest`` into ``out``, following its delta chain.
+
+    With ``verify``, only the result is hashed at first: a base with a wrong byte cannot
+    give a result that matches its digest, so checking each frame of a chain as well
+    would only cost a hash per frame. If the result fails, the chain is decoded again
+    with every frame checked (``check_bases``), which names the frame that is bad and,
+    for a copy in the local cache, fetches the store's instead.
+    """
+
     def base_bytes(base: str) -> np.ndarray:
         if depth >= MAX_DECODE_DEPTH:
             raise IntegrityError(
                 f"delta chain longer than {MAX_DECODE_DEPTH} frames, or looping", digest=digest
             )
         decoded = np.empty(out.size, dtype=np.uint8)
-        _fetch_into(blobs, Digest(base), decoded, verify=verify, in_place=in_place, depth=depth + 1)
+        _fetch_into(
+            blobs,
+            Digest(base),
+            decoded,
+            verify=verify and check_bases,
+            in_place=in_place,
+            depth=depth + 1,
+            check_bases=check_bases,
+        )
         return decoded
 
     try:
@@ -166,10 +184,22 @@ def _fetch_into(
             frame = blobs.get(digest)
             decode_frame_into(frame, out, digest=digest, get_base=base_bytes, verify=verify)
     except IntegrityError:
+        if verify and not check_bases:
+            _fetch_into(
+                blobs, digest, out, verify=True, in_place=in_place, depth=depth, check_bases=True
+            )
+            return
         if from_store or not blobs.discard_cached(digest):
             raise
         _fetch_into(
-            blobs, digest, out, verify=verify, in_place=in_place, from_store=True, depth=depth
+            blobs,
+            digest,
+            out,
+            verify=verify,
+            in_place=in_place,
+            from_store=True,
+            depth=depth,
+            check_bases=check_bases,
         )
 
 
