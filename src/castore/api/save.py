@@ -219,15 +219,15 @@ def store_tensors(
     present = blobs.has_many(unknown) if unknown else set()
     missing = sorted(set(unknown) - present)
     if present:  # blobs other checkpoints wrote: their chains come from frame headers
-        found = sorted(present)
+        elsewhere = sorted(present)
         chains = bounded_map(
             lambda d: stored_lineage(blobs, d),
-            found,
+            elsewhere,
             size_of=lambda _: 0,
             workers=transfer.workers,
             max_in_flight_bytes=1,
         )
-        lineages.update(zip(found, chains, strict=True))
+        lineages.update(zip(elsewhere, chains, strict=True))
     # Bases for the next save: only once a run is under way (a first save may be the last).
     keep = parent is not None and options.codec.delta and options.codec.codec != "raw"
     cache = BaseCache(
