@@ -91,17 +91,23 @@ def test_next_epoch_downloads_only_changed_chunks(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
+def cached_files(cache_dir, digest: str = "") -> list[str]:
+    """The files of a local blob cache, those of ``digest`` only when given."""
+    return [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(cache_dir)
+        for name in names
+        if digest in name
+    ]
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_corrupt_cached_frame_is_refetched(tmp_path, damage):
     url = f"memory://{uuid.uuid4().hex}"
     castore.open(url, chunking=CHUNKS).run("r").save({"w": torch.randn(100)}, epoch=0)
     reader = open_cached(url, tmp_path / "cache")
     expected = reader.run("r").load(0)["w"]
-    (path,) = [
-        os.path.join(folder, name)
-        for folder, _, names in os.walk(tmp_path / "cache")
-        for name in names
-    ]
+    (path,) = cached_files(tmp_path / "cache")
     with open(path, "rb") as f:
         frame = bytearray(f.read())
     good = bytes(frame)
@@ -131,12 +137,7 @@ def test_a_corrupt_cached_delta_base_is_refetched(tmp_path):
     assert chunk.base == writer.record(0).tensors[0].chunks[0].digest
     reader = open_cached(url, tmp_path / "cache")
     expected = reader.run("r").load(1)["w"]
-    (path,) = [
-        os.path.join(folder, name)
-        for folder, _, names in os.walk(tmp_path / "cache")
-        for name in names
-        if chunk.base in name
-    ]
+    (path,) = cached_files(tmp_path / "cache", chunk.base)
     with open(path, "rb") as f:
         good = f.read()
     with open(path, "wb") as f:

@@ -8,6 +8,7 @@ they come back sharing storage. Every other tensor is stored as its own row-majo
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -189,19 +190,7 @@ def _signatures(tensors: tuple[torch.Tensor, ...]) -> tuple[tuple[object, ...], 
 
 
 def _with_source(entry: PlannedEntry, source: torch.Tensor) -> PlannedEntry:
-    if entry.source is source:
-        return entry
-    return PlannedEntry(
-        name=entry.name,
-        role=entry.role,
-        dtype=entry.dtype,
-        shape=entry.shape,
-        device=entry.device,
-        source=source,
-        base=entry.base,
-        storage_offset=entry.storage_offset,
-        stride=entry.stride,
-    )
+    return entry if entry.source is source else dataclasses.replace(entry, source=source)
 
 
 def host_bytes(tensor: torch.Tensor) -> memoryview:
