@@ -61,7 +61,8 @@ class CodecOptions:
     per chunk (see docs/format.md: longer chains store less, loads decode more). A save
     after the first keeps up to ``base_cache_bytes`` of the chunks it wrote in memory, so
     the next save of the run in this process finds its delta bases there instead of
-    reading and decoding their chains from the store (0 turns this off).
+    reading and decoding their chains from the store (0 turns this off); the budget is
+    shared by all runs of one ``Store``, those saved longest ago giving theirs up first.
     """
 
     codec: CodecName = "auto"

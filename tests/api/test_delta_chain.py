@@ -233,3 +233,21 @@ def test_a_corrupt_frame_inside_a_chain_is_named_by_the_load(tmp_path):
     with pytest.raises(IntegrityError) as info:
         castore.open(store.url).run("r").load(2)
     assert info.value.digest == middle
+
+
+def test_runs_of_one_store_share_one_base_budget(monkeypatch):
+    fetched = count_base_fetches(monkeypatch)
+    codec = castore.CodecOptions(base_cache_bytes=300 * 1024)  # one run's chunks, not two
+    store = open_store(f"memory://{uuid.uuid4().hex}", codec=codec)
+    states = {
+        "a": drifting_states(3),
+        "b": [{k: -v for k, v in s.items()} for s in drifting_states(3)],
+    }
+    for epoch in (0, 1):
+        for name in ("a", "b"):  # b saves last, so a's kept bases go
+            store.run(name).save(states[name][epoch], epoch=epoch)
+    before = len(fetched)
+    store.run("b").save(states["b"][2], epoch=2)
+    assert len(fetched) == before  # b's bases were kept
+    store.run("a").save(states["a"][2], epoch=2)
+    assert len(fetched) - before == 5  # a's were dropped: 4 chunks of "w" and the pack

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -134,7 +135,18 @@ class Run(RunManifest):
                 pickle=pickle,
             )
         self._records[epoch] = record
+        self.store._trim_delta_bases(self.name)
         return info
+
+    def _bases_held(self) -> int:
+        """Bytes of delta bases the last save kept for the next (see ``deltas.BaseCache``)."""
+        memo = self._memo
+        return 0 if memo is None else sum(base.nbytes for base in memo.bases.values())
+
+    def _drop_bases(self) -> None:
+        memo = self._memo
+        if memo is not None and memo.bases:
+            self._memo = dataclasses.replace(memo, bases={})
 
     def load(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -54,6 +55,8 @@ class Store:
         self.blobs = blobs
         self.options = options
         self._runs: dict[str, Run] = {}
+        self._saved: list[str] = []  # runs by their last save here, oldest first
+        self._bases_lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -61,6 +64,20 @@ class Store:
 
     def __repr__(self) -> str:
         return f"castore.Store({self.url!r})"
+
+    def _trim_delta_bases(self, saved: str) -> None:
+        """Hold the delta bases runs keep in memory (``CodecOptions.base_cache_bytes``) to
+        one budget for the whole store, dropping those of the runs saved longest ago: a
+        process that saves many runs keeps that much, not that much per run."""
+        with self._bases_lock:
+            self._saved = [name for name in self._saved if name != saved] + [saved]
+            room = self.options.codec.base_cache_bytes
+            for name in reversed(self._saved):
+                held = self._runs[name]._bases_held()
+                if held > room:
+                    self._runs[name]._drop_bases()
+                else:
+                    room -= held
 
     def close(self) -> None:
         """Wait for every run's asynchronous save; raise the first error among them."""
