@@ -18,6 +18,7 @@ __all__ = [
     "QueryError",
     "StorageError",
     "UnsafeLoadError",
+    "check_format_version",
 ]
 
 _DIGEST_SHOWN = 12
@@ -83,6 +84,33 @@ class ConflictError(CastoreError, FileExistsError):
 
 class FormatError(CastoreError):
     """A store, frame or manifest written in a format this castore cannot read."""
+
+
+def check_format_version(
+    version: object,
+    readable: int,
+    what: str,
+    *,
+    advice: str = "upgrade castore",
+    run: str | None = None,
+    epoch: int | None = None,
+    url: str | None = None,
+) -> int:
+    """``version`` of a ``what`` (a store, a manifest part, ...) if this castore reads it.
+
+    Raises:
+        FormatError: a version that is not an int, or newer than ``readable``; the message
+            names both versions.
+    """
+    if not isinstance(version, int) or version > readable:
+        raise FormatError(
+            f"{what} format version {version} is newer than this castore reads ({readable}); "
+            f"{advice}",
+            run=run,
+            epoch=epoch,
+            url=url,
+        )
+    return version
 
 
 class UnsafeLoadError(CastoreError):

@@ -96,7 +96,9 @@ def test_version_one_metrics_parts_apply_and_newer_ones_are_refused(backend):
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist([newer]), buffer)
     store.location.write_exclusive(annotation_key("r", 3, 2, "1" * 8), buffer.getvalue())
-    with pytest.raises(castore.FormatError, match=r"format version 3, newer .* \(2\)"):
+    with pytest.raises(
+        castore.FormatError, match=r"metrics part .*: format version 3 is newer .* \(2\)"
+    ):
         open_store(backend).run("r").checkpoints()
 
 

@@ -23,7 +23,14 @@ from castore.blobstore.cache import LocalBlobCache
 from castore.blobstore.layout import STORE_CONFIG_KEY, check_run_name
 from castore.blobstore.location import Location, open_location
 from castore.blobstore.store import BlobStore, CachedBlobStore
-from castore.errors import CastoreError, ConflictError, FormatError, IntegrityError, NotFoundError
+from castore.errors import (
+    CastoreError,
+    ConflictError,
+    FormatError,
+    IntegrityError,
+    NotFoundError,
+    check_format_version,
+)
 from castore.maintenance.accounting import StoreUsage, measure_usage
 from castore.maintenance.diff import CheckpointDiff, plan_diff
 from castore.maintenance.gc import GcReport, plan_gc
@@ -282,13 +289,9 @@ def _check_config(location: Location, raw: bytes) -> dict[str, object]:
         ) from exc
     if not isinstance(config, dict) or config.get("format") != "castore":
         raise FormatError(f"{STORE_CONFIG_KEY} does not describe a castore store", url=location.url)
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > STORE_FORMAT_VERSION:
-        raise FormatError(
-            f"store format version {version} is newer than this castore reads "
-            f"({STORE_FORMAT_VERSION}); upgrade castore",
-            url=location.url,
-        )
+    check_format_version(
+        config.get("format_version"), STORE_FORMAT_VERSION, "store", url=location.url
+    )
     if config.get("hash") != HASH_NAME:
         raise FormatError(
             f"store hashes with {config.get('hash')!r}, castore uses {HASH_NAME}", url=location.url

@@ -46,7 +46,12 @@ from torch.distributed.checkpoint.metadata import (
 )
 from torch.distributed.checkpoint.planner import WriteItemType
 
-from castore.errors import FormatError, InvalidCheckpointError, UnsafeLoadError
+from castore.errors import (
+    FormatError,
+    InvalidCheckpointError,
+    UnsafeLoadError,
+    check_format_version,
+)
 from castore.snapshot.dtypes import code_of, dtype_of
 from castore.snapshot.tree import flatten_tree, unflatten_tree
 
@@ -151,12 +156,7 @@ def metadata_from_tree(node: object) -> Metadata:
     """
     if not isinstance(node, dict):
         raise FormatError("the checkpoint's 'dcp' node is not a mapping")
-    version = node.get("format_version")
-    if not isinstance(version, int) or version > DCP_FORMAT_VERSION:
-        raise FormatError(
-            f"DCP metadata format version {version!r} is newer than this castore reads "
-            f"({DCP_FORMAT_VERSION}); upgrade castore"
-        )
+    check_format_version(node.get("format_version"), DCP_FORMAT_VERSION, "DCP metadata")
     try:
         state: dict[str, TensorStorageMetadata | BytesStorageMetadata] = {
             fqn: _storage_type(fqn, meta) for fqn, meta in node["state_dict"].items()

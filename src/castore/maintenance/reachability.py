@@ -19,10 +19,10 @@ from castore.blobstore.digest import Digest, is_digest
 from castore.blobstore.layout import RUNS_PREFIX, check_run_name, part_key
 from castore.errors import (
     CastoreError,
-    FormatError,
     IntegrityError,
     InvalidCheckpointError,
     NotFoundError,
+    check_format_version,
 )
 from castore.manifest.parquet import read_parquet_bytes
 from castore.manifest.reader import list_epochs
@@ -101,13 +101,14 @@ def part_digests(location: Location, run: str, epoch: int) -> frozenset[Digest]:
             run=run,
             epoch=epoch,
         ) from exc
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise FormatError(
-            f"manifest format version {version} is newer than this castore reads "
-            f"({FORMAT_VERSION}); upgrade castore before collecting garbage",
-            run=run,
-            epoch=epoch,
-        )
+    check_format_version(
+        version,
+        FORMAT_VERSION,
+        "manifest",
+        advice="upgrade castore before collecting garbage",
+        run=run,
+        epoch=epoch,
+    )
     malformed = next((name for name in names if not is_digest(name)), None)
     if malformed is not None:
         raise IntegrityError(

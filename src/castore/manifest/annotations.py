@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from castore.blobstore.layout import annotation_key, annotation_prefix, parse_annotation_name
-from castore.errors import FormatError, IntegrityError, InvalidCheckpointError
+from castore.errors import IntegrityError, InvalidCheckpointError, check_format_version
 from castore.manifest.parquet import read_parquet_bytes
 from castore.manifest.schema import RESERVED_COLUMNS
 
@@ -137,12 +137,9 @@ def _parse(data: bytes, name: str) -> tuple[datetime | None, dict[str, float]]:
         row = read_parquet_bytes(data).to_pylist()[0]
     except (pa.ArrowException, OSError, IndexError) as exc:
         raise IntegrityError(f"metrics part {name} is not readable Parquet: {exc}") from exc
-    version = row.get("format_version")
-    if not isinstance(version, int) or version > ANNOTATION_VERSION:
-        raise FormatError(
-            f"metrics part {name} has format version {version}, newer than this castore "
-            f"reads ({ANNOTATION_VERSION}); upgrade castore"
-        )
+    version = check_format_version(
+        row.get("format_version"), ANNOTATION_VERSION, f"metrics part {name}:"
+    )
     commit = row.get("checkpoint_created_at")
     if version >= 2 and not isinstance(commit, datetime):
         raise IntegrityError(f"metrics part {name} does not name the commit it annotates")

@@ -15,10 +15,10 @@ from castore.blobstore.layout import (
 )
 from castore.errors import (
     CastoreError,
-    FormatError,
     IntegrityError,
     InvalidCheckpointError,
     NotFoundError,
+    check_format_version,
 )
 from castore.manifest.parquet import read_parquet_bytes
 from castore.manifest.records import CheckpointRecord, record_from_table
@@ -76,14 +76,9 @@ def read_part(location: Location, run: str, epoch: int) -> CheckpointRecord:
 def read_summary(location: Location, run: str, epoch: int) -> pa.Table:
     """The part's row without the wide ``skeleton`` and ``tensors`` columns."""
     table = _parse(location.read(part_key(run, epoch)))
-    version = table.column("format_version")[0].as_py()
-    if version > FORMAT_VERSION:
-        raise FormatError(
-            f"manifest format version {version} is newer than this castore reads "
-            f"({FORMAT_VERSION}); upgrade castore",
-            run=run,
-            epoch=epoch,
-        )
+    check_format_version(
+        table.column("format_version")[0].as_py(), FORMAT_VERSION, "manifest", run=run, epoch=epoch
+    )
     return table.select([name for name in table.column_names if name not in WIDE_COLUMNS])
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from castore.blobstore.digest import is_digest
-from castore.errors import FormatError, IntegrityError
+from castore.errors import IntegrityError, check_format_version
 from castore.manifest.schema import (
     FORMAT_VERSION,
     RESERVED_COLUMNS,
@@ -106,12 +106,7 @@ def record_from_table(table: pa.Table) -> CheckpointRecord:
     if table.num_rows != 1:
         raise IntegrityError(f"a manifest part must hold one row, this one holds {table.num_rows}")
     row = table.to_pylist()[0]
-    version = row.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise FormatError(
-            f"manifest format version {version} is newer than this castore reads "
-            f"({FORMAT_VERSION}); upgrade castore"
-        )
+    version = check_format_version(row.get("format_version"), FORMAT_VERSION, "manifest")
     try:
         metrics = {
             name: float(value)
