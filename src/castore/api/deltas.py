@@ -25,9 +25,8 @@ import numpy as np
 
 from castore.blobstore.digest import Digest
 from castore.codec.frame import encode_frame_parts
-from castore.codec.header import unpack_header
 from castore.errors import IntegrityError
-from castore.snapshot.fetch import MAX_DECODE_DEPTH, fetch_into
+from castore.snapshot.fetch import MAX_DECODE_DEPTH, fetch_into, frame_base
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -59,7 +58,6 @@ FULL_FRAME_CHECK = 0.8
 # becomes a fresh root, so the chains after it start from recent weights, not old ones.
 _REROOT_CHECK = 0.6
 _REROOT_GAIN = 0.9
-_HEAD_BYTES = 48
 
 Position = tuple[tuple[object, ...], ...]
 # A frame's delta bases, nearest first, ending at a full frame; () for a full frame.
@@ -223,7 +221,7 @@ def stored_lineage(blobs: BlobStore, digest: Digest) -> Lineage:
         IntegrityError: the chain is longer than any castore writes, or loops.
     """
     lineage: list[str] = []
-    base = unpack_header(blobs.get_head(digest, _HEAD_BYTES)).base_digest
+    base = frame_base(blobs, digest)
     while base is not None:
         lineage.append(base)
         if len(lineage) > MAX_DECODE_DEPTH:
@@ -231,7 +229,7 @@ def stored_lineage(blobs: BlobStore, digest: Digest) -> Lineage:
                 f"delta chain of blob {digest[:12]}… is longer than {MAX_DECODE_DEPTH} frames",
                 digest=digest,
             )
-        base = unpack_header(blobs.get_head(Digest(base), _HEAD_BYTES)).base_digest
+        base = frame_base(blobs, base)
     return tuple(lineage)
 
 

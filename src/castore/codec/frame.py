@@ -18,6 +18,7 @@ from castore._config import CodecOptions
 from castore.codec import zstd
 from castore.codec.hashing import verify as check_digest
 from castore.codec.header import (
+    MAX_HEADER_BYTES,
     SUB_DELTA_SIZES,
     CodecId,
     FilterFlags,
@@ -50,8 +51,6 @@ _SAMPLE_BYTES = 32 * 1024
 _SAMPLES = 4
 _PLANE_ENTRY = struct.Struct("<BQ")
 _DEFAULT_OPTIONS = CodecOptions()
-# The longest header: the fixed fields and a delta frame's base digest.
-_MAX_HEADER_BYTES = FrameHeader(CodecId.RAW, FilterFlags.XOR_DELTA, 1, 0, "00" * 32).size
 
 
 def encode_frame_parts(
@@ -155,7 +154,7 @@ def decode_blob_into(
     Other frames are decoded from the whole frame.
     """
     try:
-        head = bytearray(min(blob.size, _MAX_HEADER_BYTES))
+        head = bytearray(min(blob.size, MAX_HEADER_BYTES))
         blob.read_into(0, memoryview(head))
         header = unpack_header(head)
         if header.codec != CodecId.RAW:

@@ -28,6 +28,7 @@ __all__ = [
     "DELTA_FILTERS",
     "FRAME_MAGIC",
     "FRAME_VERSION",
+    "MAX_HEADER_BYTES",
     "MAX_PLANES",
     "SUB_DELTA_SIZES",
     "CodecId",
@@ -42,6 +43,8 @@ FRAME_VERSION = 1
 MAX_PLANES = 16
 _FIXED = struct.Struct("<4sBBBBQ")
 _BASE_BYTES = 32
+# The longest header: the fixed fields and a delta frame's base digest.
+MAX_HEADER_BYTES = _FIXED.size + _BASE_BYTES
 
 
 class CodecId(IntEnum):

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from castore._concurrency import bounded_map
-from castore.blobstore.digest import Digest
 from castore.blobstore.layout import (
     GC_RESCUE_PREFIX,
     blob_key,
@@ -40,18 +39,18 @@ from castore.blobstore.layout import (
     parse_blob_key,
     parse_gc_rescue_key,
 )
-from castore.codec.header import unpack_header
 from castore.errors import IntegrityError, InvalidCheckpointError, NotFoundError
 from castore.maintenance.pending import GcCandidate, read_records, write_record
 from castore.maintenance.reachability import mark_reachable
+from castore.snapshot.fetch import frame_base
 
 if TYPE_CHECKING:
+    from castore.blobstore.digest import Digest
     from castore.blobstore.location import Location
     from castore.blobstore.store import BlobStore
 
 __all__ = ["GcPlan", "GcReport", "plan_gc"]
 
-_HEAD_BYTES = 48  # the longest frame header: fixed fields and a delta base digest
 # Backends report modification times at different precisions (memory: a float from a
 # listing, microseconds from a stat); closer than this counts as unchanged.
 _SAME_TIME_S = 2e-6
@@ -278,16 +277,16 @@ def _keep_bases(
 def _bases(blobs: BlobStore, digests: list[Digest]) -> set[Digest]:
     """The delta bases named by the frame headers of ``digests`` (one ranged read each)."""
 
-    def base_of(digest: Digest) -> str | None:
+    def base_of(digest: Digest) -> Digest | None:
         try:
-            return unpack_header(blobs.get_head(digest, _HEAD_BYTES)).base_digest
+            return frame_base(blobs, digest)
         except (NotFoundError, IntegrityError):
             return None  # gone meanwhile, or no readable header: it names no base
 
     found = bounded_map(
         base_of, digests, size_of=_zero, workers=blobs.transfer.workers, max_in_flight_bytes=1
     )
-    return {Digest(base) for base in found if base is not None}
+    return {base for base in found if base is not None}
 
 
 def _same_time(a: float | None, b: float) -> bool:

@@ -21,6 +21,7 @@ import numpy as np
 from castore._concurrency import bounded_map
 from castore.blobstore.digest import Digest
 from castore.codec.frame import decode_blob_into, decode_frame_into
+from castore.codec.header import MAX_HEADER_BYTES, unpack_header
 from castore.errors import CastoreError, IntegrityError
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ __all__ = [
     "ScratchPool",
     "fetch_into",
     "fetch_jobs",
+    "frame_base",
     "plan_jobs",
 ]
 
@@ -125,6 +127,13 @@ class ScratchPool:
         finally:
             with self._lock:
                 self._free.append(buffer)
+
+
+def frame_base(blobs: BlobStore, digest: Digest) -> Digest | None:
+    """The delta base a stored frame's header names (one ranged read); None for a full
+    frame."""
+    base = unpack_header(blobs.get_head(digest, MAX_HEADER_BYTES)).base_digest
+    return None if base is None else Digest(base)
 
 
 def fetch_into(blobs: BlobStore, digest: Digest, out: np.ndarray, *, verify: bool = True) -> None:
