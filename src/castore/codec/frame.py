@@ -10,6 +10,7 @@ opened blob, reading a raw payload straight into the caller's buffer.
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +33,7 @@ from castore.codec.xordelta import xor_into, xor_with
 from castore.errors import IntegrityError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from castore.blobstore.reader import BlobReader
 
@@ -128,14 +129,10 @@ def decode_frame_into(
         IntegrityError: corruption, truncation, wrong length or digest mismatch.
         FormatError: a frame version, codec or filter this castore does not know.
     """
-    try:
+    with _naming(digest):
         _decode_into(memoryview(frame), out, get_base)
         if verify:
             check_digest(out, digest)
-    except IntegrityError as exc:
-        if exc.digest is None:
-            exc.digest = digest
-        raise
 
 
 def decode_blob_into(
@@ -153,7 +150,7 @@ def decode_blob_into(
     caches; its length is checked against the header and ``out`` before anything is read.
     Other frames are decoded from the whole frame.
     """
-    try:
+    with _naming(digest):
         head = bytearray(min(blob.size, MAX_HEADER_BYTES))
         blob.read_into(0, memoryview(head))
         header = unpack_header(head)
@@ -164,6 +161,13 @@ def decode_blob_into(
         _apply_delta(header, out, get_base)
         if verify:
             check_digest(out, digest)
+
+
+@contextmanager
+def _naming(digest: str) -> Iterator[None]:
+    """Name ``digest`` on an IntegrityError that does not name a blob yet."""
+    try:
+        yield
     except IntegrityError as exc:
         if exc.digest is None:
             exc.digest = digest
