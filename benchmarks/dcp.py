@@ -37,7 +37,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 import castore
-from cases.common import MiB, aligned, tree_bytes
+from cases.common import aligned, human_bytes, tree_bytes
 from castore.dcp import StorageReader, StorageWriter
 
 if TYPE_CHECKING:
@@ -331,12 +331,6 @@ def print_tables(rows: list[dict[str, float]]) -> None:
     print("\nload (dcp.load into zeroed sharded tensors)")
     print(aligned(load_head, loads, set(range(len(load_head)))))
     print("\ntraining loss by epoch: " + ", ".join(f"{row['loss']:.3f}" for row in rows))
-
-
-def human_bytes(n: int) -> str:
-    if n < MiB:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n / MiB:.2f} MiB"
 
 
 if __name__ == "__main__":

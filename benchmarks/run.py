@@ -31,7 +31,7 @@ import torch
 
 import castore
 from cases.castore_cases import bench_castore
-from cases.common import BenchState, MiB, Result, aligned, build_state
+from cases.common import BenchState, MiB, Result, aligned, build_state, human_bytes
 from cases.loads import bench_loads
 from cases.peers import bench_safetensors, bench_torch
 from cases.s3 import S3Result, bench_s3, describe_s3, moto_s3
@@ -246,7 +246,7 @@ def format_loads_table(results: Sequence[Result]) -> str:
                 f"{r.gb_per_s:.2f}",
                 *(f"{ratio[r.case][field]:.2f}" for field in LOADS_PEERS),
                 "" if fraction is None else f"{fraction:.1%}",
-                human_bytes(read) if read else "-" if peer else "0",
+                human_bytes(read, 1) if read else "-" if peer else "0",
                 r.note,
             )
         )
@@ -286,7 +286,7 @@ def format_table(results: Sequence[Result]) -> str:
             f"{r.best:.3f}",
             f"{r.median:.3f}",
             f"{r.gb_per_s:.2f}",
-            human_bytes(r.disk_bytes),
+            human_bytes(r.disk_bytes, 1),
             f"{by_case[r.case][0]:.2f}",
             f"{by_case[r.case][1]:.2f}",
             r.note,
@@ -306,8 +306,8 @@ def format_s3_table(results: Sequence[S3Result]) -> str:
             f"{r.best:.3f}",
             f"{r.median:.3f}",
             f"{r.gb_per_s:.2f}",
-            human_bytes(r.uploaded) if r.uploaded else "0",
-            human_bytes(r.downloaded) if r.downloaded else "0",
+            human_bytes(r.uploaded, 1) if r.uploaded else "0",
+            human_bytes(r.downloaded, 1) if r.downloaded else "0",
             str(r.wire.requests),
             f"{by_case[r.case]:.2f}",
             r.note,
@@ -315,12 +315,6 @@ def format_s3_table(results: Sequence[S3Result]) -> str:
         for r in results
     ]
     return aligned(head, rows, numeric={1, 2, 3, 4, 5, 6, 7})
-
-
-def human_bytes(n: int) -> str:
-    if n < MiB:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n / MiB:.1f} MiB"
 
 
 def write_json(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import castore
-from cases.common import MiB, aligned
+from cases.common import MiB, aligned, human_bytes
 from cases.training import RunResult, SideBySide, warm_up
 from cases.training_lm import LMConfig, LMTrainer, TinyGPT, read_corpus, trainable_tail
 from cases.training_rl import PPO, PPOConfig
@@ -355,12 +355,6 @@ def format_summary(results: Sequence[RunResult]) -> str:
         for r in results
     ]
     return aligned(head, rows, numeric=set(range(1, 13)) - {8})
-
-
-def human_bytes(n: int) -> str:
-    if n < MiB:
-        return f"{n / 1024:.1f} KiB"
-    return f"{n / MiB:.2f} MiB"
 
 
 if __name__ == "__main__":

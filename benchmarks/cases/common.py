@@ -31,6 +31,7 @@ __all__ = [
     "best_of",
     "build_state",
     "check_equal",
+    "human_bytes",
     "tree_bytes",
 ]
 
@@ -182,6 +183,13 @@ def tree_bytes(path: str) -> int:
     for folder, _, files in os.walk(path):
         total += sum(os.path.getsize(os.path.join(folder, name)) for name in files)
     return total
+
+
+def human_bytes(n: int, digits: int = 2) -> str:
+    """``n`` bytes in KiB under a MiB, else in MiB with ``digits`` decimals."""
+    if n < MiB:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / MiB:.{digits}f} MiB"
 
 
 def aligned(head: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[int]) -> str:
