@@ -237,3 +237,20 @@ def test_reader_errors_name_the_checkpoint(memory_url):
         StorageReader(memory_url, "plain", 0)
     with pytest.raises(castore.NotFoundError):
         StorageReader(memory_url, "plain", 5)
+
+
+def test_both_storage_classes_refuse_a_checkpoint_id(memory_url):
+    dcp.save(_state(), storage_writer=StorageWriter(memory_url, "r", 0), no_dist=True)
+    reader = StorageReader(memory_url, "r")
+    with pytest.raises(
+        castore.InvalidCheckpointError,
+        match=r"castore.dcp.StorageReader names its checkpoint by run and epoch; "
+        r"do not pass checkpoint_id \('/tmp/x'\) to dcp.load",
+    ):
+        reader.reset("/tmp/x")
+    reader.reset(None)
+    writer = StorageWriter(memory_url, "r", 1)
+    with pytest.raises(castore.InvalidCheckpointError, match=r"StorageWriter .* to dcp.save"):
+        writer.reset("/tmp/x")
+    assert not StorageReader.validate_checkpoint_id("/tmp/x")
+    assert not StorageWriter.validate_checkpoint_id("/tmp/x")

@@ -20,12 +20,12 @@ from torch.distributed.checkpoint.planner import LoadItemType
 from torch.futures import Future
 
 from castore.api.store import open_store
+from castore.dcp.checkpoint_id import NamedByRunAndEpoch
 from castore.dcp.metadata import metadata_from_tree, read_tree
 from castore.errors import (
     CastoreError,
     FormatError,
     IntegrityError,
-    InvalidCheckpointError,
     UnsafeLoadError,
 )
 from castore.snapshot.dtypes import dtype_of, element_size
@@ -33,7 +33,6 @@ from castore.snapshot.fetch import MemoryDestination, fetch_jobs, plan_jobs
 from castore.snapshot.rebuild import byte_view, check_refs
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Sequence
 
     import numpy as np
@@ -55,7 +54,7 @@ class _Span:
     first: int
 
 
-class StorageReader(_DcpStorageReader):
+class StorageReader(NamedByRunAndEpoch, _DcpStorageReader):
     """Load checkpoint ``epoch`` (default: the latest, or the ``best`` by a metric) of
     ``run`` with ``torch.distributed.checkpoint.load``, at any world size.
 
@@ -76,6 +75,8 @@ class StorageReader(_DcpStorageReader):
         UnsafeLoadError: (from ``read_data``) a non-tensor item is not plain data and
             ``trust`` is false.
     """
+
+    dcp_call = "dcp.load"
 
     def __init__(
         self,
@@ -114,14 +115,6 @@ class StorageReader(_DcpStorageReader):
 
     def __repr__(self) -> str:
         return f"castore.dcp.StorageReader({self.store.url!r}, {self.run.name!r}, {self.epoch})"
-
-    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
-        """DCP's ``checkpoint_id`` has no meaning here: run and epoch name the checkpoint."""
-        if checkpoint_id is not None:
-            raise InvalidCheckpointError(
-                "castore.dcp.StorageReader names its checkpoint by run and epoch; "
-                f"do not pass checkpoint_id ({checkpoint_id!r}) to dcp.load"
-            )
 
     def read_metadata(self) -> Metadata:
         """A fresh copy of the checkpoint's DCP metadata, from the manifest part."""
@@ -172,12 +165,6 @@ class StorageReader(_DcpStorageReader):
         future: Future[None] = Future()
         future.set_result(None)
         return future
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        """Never picked by DCP from a ``checkpoint_id``: construct one explicitly."""
-        del checkpoint_id
-        return False
 
     def _check_safe(self, data: bytes, name: str) -> None:
         """DCP's planner unpickles non-tensor items in full; without ``trust`` they must

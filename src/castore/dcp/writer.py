@@ -26,6 +26,7 @@ from torch.futures import Future
 from castore.api.save import store_tensors
 from castore.api.store import open_store
 from castore.api.validate import check_epoch, check_metrics, check_step
+from castore.dcp.checkpoint_id import NamedByRunAndEpoch
 from castore.dcp.metadata import DCP_KEY, ITEMS_KEY, check_plain, entry_name, metadata_to_tree
 from castore.errors import CastoreError, ConflictError, InvalidCheckpointError
 from castore.manifest.records import CheckpointRecord
@@ -34,7 +35,6 @@ from castore.snapshot.tensors import plan_entries
 from castore.snapshot.tree import flatten_tree
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Iterator, Mapping
 
     from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
@@ -63,7 +63,7 @@ class _StoredItem:
     written: tuple[tuple[str, int, int], ...]
 
 
-class StorageWriter(_DcpStorageWriter):
+class StorageWriter(NamedByRunAndEpoch, _DcpStorageWriter):
     """Save a DCP checkpoint as checkpoint ``epoch`` of ``run`` in the store at ``store_url``.
 
     Pass one to ``torch.distributed.checkpoint.save`` (or ``async_save``) on every rank,
@@ -82,6 +82,8 @@ class StorageWriter(_DcpStorageWriter):
         ConflictError: the epoch is already committed (also raised inside DCP, wrapped in
             its ``CheckpointException``, when another writer commits it first).
     """
+
+    dcp_call = "dcp.save"
 
     def __init__(
         self,
@@ -119,14 +121,6 @@ class StorageWriter(_DcpStorageWriter):
 
     def __repr__(self) -> str:
         return f"castore.dcp.StorageWriter({self.store.url!r}, {self.run.name!r}, {self.epoch})"
-
-    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
-        """DCP's ``checkpoint_id`` has no meaning here: run and epoch name the checkpoint."""
-        if checkpoint_id is not None:
-            raise InvalidCheckpointError(
-                "castore.dcp.StorageWriter names its checkpoint by run and epoch; "
-                f"do not pass checkpoint_id ({checkpoint_id!r}) to dcp.save"
-            )
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         del is_coordinator, args
@@ -225,12 +219,6 @@ class StorageWriter(_DcpStorageWriter):
         with self._context():
             write_part(self.store.location, record)
         metadata.storage_data = entries
-
-    @classmethod
-    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        """Never picked by DCP from a ``checkpoint_id``: construct one explicitly."""
-        del checkpoint_id
-        return False
 
     @contextmanager
     def _context(self) -> Iterator[None]:
