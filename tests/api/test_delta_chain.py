@@ -17,6 +17,7 @@ from castore.codec import unpack_header
 from castore.codec.frame import encode_frame_parts
 from castore.errors import IntegrityError
 from castore.snapshot.fetch import MAX_DECODE_DEPTH, fetch_into
+from tests.spies import record_digests
 
 CHUNKS = castore.ChunkingOptions(chunk_bytes=64 * 1024, pack_below_bytes=16 * 1024)
 
@@ -176,15 +177,7 @@ def test_packs_split_by_large_tensors_still_find_their_base():
 def count_base_fetches(monkeypatch) -> list[str]:
     import castore.api.deltas as deltas
 
-    fetched: list[str] = []
-    real = deltas.fetch_into
-
-    def counting(blobs, digest, out, **kwargs):
-        fetched.append(digest)
-        return real(blobs, digest, out, **kwargs)
-
-    monkeypatch.setattr(deltas, "fetch_into", counting)
-    return fetched
+    return record_digests(monkeypatch, deltas, "fetch_into")
 
 
 @pytest.mark.parametrize("budget", [0, 65 * 1024, 512 * 1024 * 1024])

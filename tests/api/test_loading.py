@@ -20,6 +20,7 @@ import castore.snapshot.mmap_check as mmap_check
 import castore.snapshot.mmap_file as mmap_file
 from castore._config import CACHE_DIR_ENV
 from castore.snapshot.mmap_file import ALIGNMENT, plan_layout
+from tests.spies import record_digests
 from tests.strategies import (
     COMPLEX_HALF_WARNING,
     SUPPORTED_DTYPES,
@@ -358,14 +359,7 @@ def test_checkpoint_load_passes_keys_mmap_and_map_location(store):
 def test_verify_false_skips_hashing(store, cache_dir, monkeypatch, mmap):
     state = {"w": torch.randn(3000), "b": torch.randn(5)}
     store.run("r").save(state, epoch=0)
-    hashed = []
-    real = frame_module.check_digest
-
-    def counting(data, digest):
-        hashed.append(digest)
-        real(data, digest)
-
-    monkeypatch.setattr(frame_module, "check_digest", counting)
+    hashed = record_digests(monkeypatch, frame_module, "check_digest")
     loaded = store.run("r").load(mmap=mmap, verify=False)
     assert hashed == []
     assert tensor_bytes(loaded["w"]) == tensor_bytes(state["w"])

@@ -15,6 +15,7 @@ import torch
 import castore
 import castore.codec.frame as frame_module
 from castore._config import CACHE_DIR_ENV
+from tests.spies import record_digests
 from tests.strategies import assert_trees_equal, tensor_bytes
 
 SMALL = castore.ChunkingOptions(chunk_bytes=4096, pack_below_bytes=1024)
@@ -151,14 +152,7 @@ def test_a_missing_blob_file_names_tensor_and_blob(store):
 
 def test_each_blob_is_hashed_once_where_it_was_read(store, monkeypatch):
     store.run("r").save(state(), epoch=0)
-    hashed = []
-    real = frame_module.check_digest
-
-    def counting(data, digest):
-        hashed.append(digest)
-        real(data, digest)
-
-    monkeypatch.setattr(frame_module, "check_digest", counting)
+    hashed = record_digests(monkeypatch, frame_module, "check_digest")
     store.run("r").load()
     record = store.run("r").record(0)
     digests = {c.digest for ref in record.tensors for c in ref.chunks}
