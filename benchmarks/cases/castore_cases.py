@@ -120,7 +120,9 @@ def bench_castore(
         check_equal(f"{label} load", original, loaded)
 
     loads = best_of(repeat, lambda _: store.run(RUN).load(0), check=check)
-    results.append(Result(f"{label} load", "load", loads, state.nbytes, size))
+    results.append(
+        Result(f"{label} load", "load", loads, state.nbytes, size, "blobs hashed once this boot")
+    )
     if unverified:
         fast = best_of(repeat, lambda _: store.run(RUN).load(0, verify=False), check=check)
         results.append(

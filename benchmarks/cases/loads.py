@@ -135,6 +135,7 @@ class Case:
     note: str
     inputs: tuple[str, ...]
     allocates: bool
+    store: castore.Store  # whose transfer counts give the blob bytes read
 
 
 def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
@@ -150,6 +151,8 @@ def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
     store = castore.open(url, codec=castore.CodecOptions(codec="raw"), progress=False)
     store.run(RUN).save(original, epoch=0)
     run = store.run(RUN)
+    hashing = castore.open(url, cache=castore.CacheOptions(remember_verified=False), progress=False)
+    hashing_run = hashing.run(RUN)
     size = tree_bytes(url)
 
     def check(loaded: object) -> None:
@@ -176,8 +179,11 @@ def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
         rss: str | None = None,
         checker: Callable[[object], None] = check,
         note: str = "",
+        through: castore.Store = store,
     ) -> None:
-        cases.append(Case(name, load, disk, prepare, rss, checker, note, inputs, allocates))
+        cases.append(
+            Case(name, load, disk, prepare, rss, checker, note, inputs, allocates, through)
+        )
 
     with cache_dir(os.path.join(workdir, "cache")):
         case(
@@ -206,7 +212,20 @@ def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
             tree_bytes(pt_path),
             inputs=(pt_path,),
         )
-        case("castore raw load + read", lambda: run.load(0), size, rss="eager")
+        case(
+            "castore raw load + read",
+            lambda: run.load(0),
+            size,
+            rss="eager",
+            note="blobs hashed once this boot",
+        )
+        case(
+            "castore raw load, hashing every blob + read",
+            lambda: hashing_run.load(0),
+            size,
+            note="remember_verified=False",
+            through=hashing,
+        )
         case("castore raw load verify=False + read", lambda: run.load(0, verify=False), size)
         case(
             "castore mmap load, new file + read",
@@ -256,12 +275,10 @@ def bench_loads(state: BenchState, workdir: str, repeat: int) -> list[Result]:
             checker=lambda loaded: check_equal("partial load", selected, loaded),
             note=f"{share:.1%} of the bytes",
         )
-        return interleaved(cases, store, repeat, url, n)
+        return interleaved(cases, repeat, url, n)
 
 
-def interleaved(
-    cases: list[Case], store: castore.Store, repeat: int, url: str, nbytes: int
-) -> list[Result]:
+def interleaved(cases: list[Case], repeat: int, url: str, nbytes: int) -> list[Result]:
     """Run every case once per attempt, in order, ``repeat`` times, so that a busy spell
     of a shared machine slows all of them rather than one; then probe peak RSS."""
 
@@ -277,14 +294,14 @@ def interleaved(
     for attempt in range(repeat):
         print(f"  attempt {attempt + 1}/{repeat}", file=sys.stderr, flush=True)
         for c in cases:
-            before = store.transfer_stats()
+            before = c.store.transfer_stats()
             seconds[c.name] += best_of(
                 1,
                 lambda _, c=c: read_every_byte(c.load()),
                 check=c.check,
                 prepare=lambda _, c=c: prepare(c),
             )
-            read[c.name] += (store.transfer_stats() - before).bytes_downloaded
+            read[c.name] += (c.store.transfer_stats() - before).bytes_downloaded
     results = []
     for c in cases:
         extra: dict[str, object] = {"blob_bytes_read": read[c.name] // repeat}

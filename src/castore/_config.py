@@ -122,11 +122,16 @@ class CacheOptions:
     and memory, where it would only copy bytes. Blobs are immutable and named by content,
     so one cache directory serves every store and nothing in it ever needs invalidating;
     least recently used blobs are evicted beyond ``max_bytes``.
+
+    ``remember_verified``: a local store's loads hash each blob file once per boot, then
+    trust it while its identity (inode, size, times) holds, recorded under the cache
+    directory (``blobstore.verified``); False hashes on every load.
     """
 
     enabled: bool | None = None
     directory: str | None = None
     max_bytes: int = 10 * GiB
+    remember_verified: bool = True
 
     def __post_init__(self) -> None:
         if self.max_bytes < 0:

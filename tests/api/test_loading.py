@@ -150,7 +150,7 @@ def test_after_a_reboot_a_file_with_unwritten_ranges_is_rebuilt(store, cache_dir
     with open(path, "r+b") as f:
         f.seek(5000)
         f.write(bytes(2000))
-    monkeypatch.setattr(mmap_check, "_boot_id", lambda: "next-boot")
+    monkeypatch.setattr(mmap_check, "boot_id", lambda: "next-boot")
     before = store.transfer_stats()
     loaded = store.run("r").load(mmap=True)
     assert downloads(store, before) > 0  # rebuilt from the blobs
@@ -168,7 +168,7 @@ def test_a_reused_file_is_rehashed_once_per_boot(store, cache_dir, monkeypatch):
     assert len(checks) == 1
     markers = list((cache_dir / "mmap").glob("*.ok"))
     assert len(markers) == 1
-    monkeypatch.setattr(mmap_check, "_boot_id", lambda: "next-boot")
+    monkeypatch.setattr(mmap_check, "boot_id", lambda: "next-boot")
     store.run("r").load(mmap=True)
     assert len(checks) == 2
 

@@ -19,6 +19,7 @@ CASES = [
     "safetensors load_file pread + read",
     "torch.load mmap + copy + read",
     "castore raw load + read",
+    "castore raw load, hashing every blob + read",
     "castore raw load verify=False + read",
     "castore mmap load, new file + read",
     "castore mmap load, reused + read",

@@ -23,6 +23,7 @@ from castore.blobstore.cache import LocalBlobCache
 from castore.blobstore.layout import STORE_CONFIG_KEY, check_run_name
 from castore.blobstore.location import Location, open_location
 from castore.blobstore.store import BlobStore, CachedBlobStore
+from castore.blobstore.verified import VerifiedFiles
 from castore.errors import (
     CastoreError,
     ConflictError,
@@ -247,9 +248,12 @@ def open_store(
 def _blob_store(location: Location, transfer: TransferOptions, cache: CacheOptions) -> BlobStore:
     """A plain BlobStore for local disk and memory, a cached one in front of remote stores."""
     remote = not (location.is_local or isinstance(location.fs, MemoryFileSystem))
-    if cache.enabled is False or (cache.enabled is None and not remote):
-        return BlobStore(location, transfer)
     directory = cache.directory or default_cache_dir()
+    if cache.enabled is False or (cache.enabled is None and not remote):
+        trusted = cache.remember_verified and location.is_local
+        return BlobStore(
+            location, transfer, VerifiedFiles.this_boot(directory) if trusted else None
+        )
     return CachedBlobStore(location, LocalBlobCache(directory, cache.max_bytes), transfer)
 
 

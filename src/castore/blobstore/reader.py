@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 from castore.blobstore.errors import backend_errors
+from castore.blobstore.verified import FileIdentity, identity_of
 from castore.errors import IntegrityError
 
 if TYPE_CHECKING:
@@ -25,9 +26,14 @@ __all__ = ["BlobReader", "BufferReader", "FileReader"]
 
 
 class BlobReader(ABC):
-    """A blob's frame, read by range (``read_into``) or whole (``frame``); close it after."""
+    """A blob's frame, read by range (``read_into``) or whole (``frame``); close it after.
+
+    ``identity`` names a local file as it was when opened (see ``blobstore.verified``);
+    None for bytes in memory, or a file changed too recently to be recorded.
+    """
 
     size: int
+    identity: FileIdentity | None = None
 
     @abstractmethod
     def read_into(self, offset: int, out: memoryview) -> None:
@@ -88,10 +94,12 @@ class FileReader(BlobReader):
         self._url = url
         self._file = open(path, "rb", buffering=0)  # noqa: SIM115  (closed by close())
         try:
-            self.size = os.fstat(self._file.fileno()).st_size
+            stat = os.fstat(self._file.fileno())
         except BaseException:
             self._file.close()
             raise
+        self.size = stat.st_size
+        self.identity = identity_of(stat)
 
     def read_into(self, offset: int, out: memoryview) -> None:
         view = out.cast("B")

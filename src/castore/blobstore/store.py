@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from castore.blobstore.cache import LocalBlobCache
     from castore.blobstore.location import FileStat, Location
+    from castore.blobstore.verified import VerifiedFiles
 
 __all__ = ["BlobStore", "CachedBlobStore"]
 
@@ -48,9 +49,15 @@ __all__ = ["BlobStore", "CachedBlobStore"]
 class BlobStore:
     """put/get/has/list/delete of blob frames under ``<store>/blobs/``, with counts."""
 
-    def __init__(self, location: Location, transfer: TransferOptions | None = None) -> None:
+    def __init__(
+        self,
+        location: Location,
+        transfer: TransferOptions | None = None,
+        verified: VerifiedFiles | None = None,
+    ) -> None:
         self.location = location
         self.transfer = transfer or TransferOptions()
+        self.verified = verified
         self.counter = TransferCounter()
         self._pending: dict[str, frozenset[Digest]] = {}
         self._recorded_digests: frozenset[Digest] | None = None  # their union, None: not read
@@ -93,6 +100,21 @@ class BlobStore:
             raise _missing(digest, self.location.url) from exc
         self.counter.add("downloaded", reader.size)
         return reader
+
+    def trusts(self, digest: Digest, blob: BlobReader) -> bool:
+        """True when ``blob`` is a file this machine hashed to ``digest`` since it booted,
+        unchanged since (see ``blobstore.verified``)."""
+        identity = blob.identity
+        return (
+            self.verified is not None
+            and identity is not None
+            and self.verified.trusts(digest, identity)
+        )
+
+    def note_verified(self, digest: Digest, blob: BlobReader) -> None:
+        """Record that ``blob``, which decodes without a delta base, hashed to ``digest``."""
+        if self.verified is not None and blob.identity is not None:
+            self.verified.record(digest, blob.identity)
 
     def get_head(self, digest: Digest, size: int) -> bytes:
         """The first ``size`` bytes of a frame: enough to read its header."""

@@ -5,7 +5,8 @@ straight into its destination when the destination is memory; a pack, a partial 
 or a file destination goes through a per-load scratch buffer. A load opens each blob
 with ``BlobStore.reader``, so a raw frame on local disk is read from the page cache
 into that memory with one copy (``codec.frame.decode_blob_into``). Digests are verified
-where the bytes are decoded, before any of them is used.
+where the bytes are decoded, before any of them is used; a local blob file hashed once
+since the machine booted, and unchanged since, is trusted (``blobstore.verified``).
 """
 
 from __future__ import annotations
@@ -161,14 +162,19 @@ def _fetch_into(
 ) -> None:
     """Decode ``digest`` into ``out``, following its delta chain.
 
-    With ``verify``, only the result is hashed at first: a base with a wrong byte cannot
+    A blob file that decodes on its own and that this machine hashed since it booted,
+    unchanged since, is not hashed again (``BlobStore.trusts``); one hashed now is
+    recorded. With ``verify``, only the result is hashed at first: a base with a wrong byte cannot
     give a result that matches its digest, so checking each frame of a chain as well
     would only cost a hash per frame. If the result fails, the chain is decoded again
     with every frame checked (``check_bases``), which names the frame that is bad and,
     for a copy in the local cache, fetches the store's instead.
     """
 
+    based: list[str] = []
+
     def base_bytes(base: str) -> np.ndarray:
+        based.append(base)
         if depth >= MAX_DECODE_DEPTH:
             raise IntegrityError(
                 f"delta chain longer than {MAX_DECODE_DEPTH} frames, or looping", digest=digest
@@ -188,7 +194,10 @@ def _fetch_into(
     try:
         if in_place:
             with blobs.reader(digest) as blob:
-                decode_blob_into(blob, out, digest=digest, get_base=base_bytes, verify=verify)
+                hash_it = verify and not blobs.trusts(digest, blob)
+                decode_blob_into(blob, out, digest=digest, get_base=base_bytes, verify=hash_it)
+                if hash_it and not based:
+                    blobs.note_verified(digest, blob)
         else:
             frame = blobs.get(digest)
             decode_frame_into(frame, out, digest=digest, get_base=base_bytes, verify=verify)

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from castore._concurrency import bounded_map
 from castore.blobstore.digest import short
+from castore.blobstore.verified import boot_id
 from castore.codec.hashing import hash_bytes
 from castore.errors import IntegrityError
 from castore.snapshot.fetch import ScratchPool, fetch_into
@@ -36,21 +36,10 @@ if TYPE_CHECKING:
 
 __all__ = ["check_file", "mark_verified", "marker", "verified_this_boot"]
 
-_BOOT_ID = "/proc/sys/kernel/random/boot_id"
-
-
-@cache
-def _boot_id() -> str | None:
-    try:
-        with open(_BOOT_ID) as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
 
 def marker(path: str) -> str | None:
     """The name of ``path``'s verified-this-boot marker; None without a boot id."""
-    boot = _boot_id()
+    boot = boot_id()
     return None if boot is None else f"{path}.{boot}.ok"
 
 
