@@ -40,7 +40,9 @@ def stored_planes(frame: bytes, header_size: int, k: int = 4) -> list[tuple[int,
     return planes
 
 
-@pytest.mark.parametrize("elements", [16 * 1024, 256 * 1024])  # whole-plane trial; samples
+# Planes of 16 KiB (their own sample), 96 KiB (sampled since the pieces are 16 KiB) and
+# 256 KiB.
+@pytest.mark.parametrize("elements", [16 * 1024, 96 * 1024, 256 * 1024])
 def test_normal_weights_take_fast_on_the_exponent_plane(elements):
     data = normal_weights(elements)
     frame = encode_frame(data, element_size=4)
@@ -89,3 +91,54 @@ def test_codec_zstd_always_uses_the_level():
             CodecId.ZSTD,
             LEVEL_1.compress(data.reshape(-1, 4)[:, j].copy()),
         )
+
+
+SAMPLE_PIECE = 16 * 1024
+
+
+def sample_starts(size: int) -> list[int]:
+    """Where auto's four sample pieces of a part of ``size`` bytes start."""
+    step = (size - SAMPLE_PIECE) // 3
+    return [i * step for i in range(4)]
+
+
+@pytest.mark.parametrize("element_size", [1, 4])
+def test_auto_judges_a_large_part_by_four_16_kib_pieces(element_size):
+    # Random bytes exactly where the four 16 KiB pieces fall, zeros everywhere else (the
+    # 16 KiB after each piece too, so a longer piece would look compressible): the
+    # sample is incompressible, so every plane stays raw and the frame is raw, although
+    # the whole would compress well. Zeros in the pieces and random bytes around them:
+    # the sample compresses, the whole does not, so the frame is raw again.
+    rng = np.random.default_rng(3)
+    size = 2 << 20  # the pieces are 3% of it, less than the 5% auto asks zstd to save
+    plane = np.zeros(size, dtype=np.uint8)
+    for start in sample_starts(size):
+        plane[start : start + SAMPLE_PIECE] = rng.integers(0, 256, SAMPLE_PIECE, dtype=np.uint8)
+    data = np.repeat(plane, element_size)  # every plane of the elements is that plane
+    frame = encode_frame(data, element_size=element_size)
+    assert read_header(frame).codec == CodecId.RAW
+    assert frame[16:] == data.tobytes()
+    assert len(FAST.compress(plane)) < size // 3  # the whole would have compressed
+
+    inverse = np.where(plane == 0, rng.integers(1, 256, size, dtype=np.uint8), 0).astype(np.uint8)
+    for start in sample_starts(size):
+        inverse[start : start + SAMPLE_PIECE] = 0
+    data = np.repeat(inverse, element_size)
+    frame = encode_frame(data, element_size=element_size)
+    assert read_header(frame).codec == CodecId.RAW
+    assert decode_frame(frame, digest=hash_bytes(data)) == data.tobytes()
+
+
+def test_auto_keeps_the_choice_of_the_level_on_sampled_delta_planes():
+    # A sub-delta plane larger than the sample whose changes recur: level 1 wins on the
+    # sample and so on the whole; the payload is exactly level 1's.
+    rng = np.random.default_rng(4)
+    changes = rng.integers(0, 256, size=(32, 24), dtype=np.uint8)
+    plane = np.zeros((8192, 64), dtype=np.uint8)
+    plane[:, :24] = changes[rng.integers(0, 32, size=plane.shape[0])]
+    plane = plane.ravel()
+    assert len(LEVEL_1.compress(plane)) * 2 < len(FAST.compress(plane))
+    frame = encode_frame(plane)
+    assert read_header(frame).codec == CodecId.ZSTD
+    assert frame[16:] == LEVEL_1.compress(plane)
+    assert decode_frame(frame, digest=hash_bytes(plane)) == plane.tobytes()

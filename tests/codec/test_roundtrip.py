@@ -28,7 +28,7 @@ def chunks(draw: st.DrawFn) -> bytes:
     """Small arbitrary bytes, or larger generated ones (random, zeros, ramps, floats)."""
     if draw(st.booleans()):
         return draw(st.binary(max_size=300))
-    # Sizes above 4 x 32 KiB take auto's sampling path.
+    # Sizes above 4 x 16 KiB take auto's sampling path.
     size = draw(st.one_of(st.integers(0, 9000), st.sampled_from([131_072, 200_000])))
     return make_bytes(size, draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from(FILLS))).tobytes()
 
@@ -134,7 +134,7 @@ def test_planes_beat_whole_zstd_on_smooth_words(seed, element_size):
 
 
 def test_auto_samples_large_chunks():
-    # Above 4 x 32 KiB auto decides from samples: random stays raw, zeros compress.
+    # Above 4 x 16 KiB auto decides from samples: random stays raw, zeros compress.
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, size=1 << 18, dtype=np.uint8).tobytes()
     assert read_header(encode_frame(noise)).codec == CodecId.RAW
