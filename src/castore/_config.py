@@ -28,11 +28,18 @@ class ChunkingOptions:
 
     Tensors of at least ``pack_below_bytes`` are split at fixed ``chunk_bytes`` offsets, so
     an unchanged range dedups exactly; smaller tensors are packed together into blobs of
-    up to ``chunk_bytes`` so a model of hundreds of biases writes a few blobs.
+    up to ``chunk_bytes`` so a model of hundreds of biases writes a few blobs. A pack is
+    also closed where the next tensor belongs to another unit (a numbered block such as
+    ``model.layers.3``, else another module) once it holds ``pack_split_bytes`` (None:
+    ``pack_below_bytes``, the size from which a tensor gets blobs of its own), so the small
+    tensors of a block that did not change (a fine-tune's frozen layers) dedup exactly
+    instead of sharing a pack with one that trained; smaller units share packs, as every
+    blob has a cost of its own on each save. ``chunk_bytes`` or more fills packs in order.
     """
 
     chunk_bytes: int = 4 * MiB
     pack_below_bytes: int = 1 * MiB
+    pack_split_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_bytes < 1:
@@ -42,6 +49,13 @@ class ChunkingOptions:
                 f"pack_below_bytes must be within [0, chunk_bytes={self.chunk_bytes}], "
                 f"got {self.pack_below_bytes}"
             )
+        if self.pack_split_bytes is not None and self.pack_split_bytes < 0:
+            raise ValueError(f"pack_split_bytes must be non-negative, got {self.pack_split_bytes}")
+
+    @property
+    def pack_split(self) -> int:
+        """``pack_split_bytes``, None resolved to ``pack_below_bytes``."""
+        return self.pack_below_bytes if self.pack_split_bytes is None else self.pack_split_bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from castore._config import ChunkingOptions
-from castore.snapshot.chunking import Piece, PlannedChunk, chunk_data, plan_chunks
+from castore.snapshot.chunking import Piece, PlannedChunk, chunk_data, pack_unit, plan_chunks
 
 OPTIONS = ChunkingOptions(chunk_bytes=100, pack_below_bytes=40)
 
@@ -66,9 +68,83 @@ def test_empty_entries_get_no_chunks():
 def test_pack_element_size_is_shared_or_one():
     same = plan_chunks([8, 8], [8, 8], OPTIONS)
     assert same.chunks[0].element_size == 8
-    mixed = plan_chunks([8, 8, 2], [8, 4, 2], OPTIONS)
-    assert len(mixed.chunks) == 1
-    assert mixed.chunks[0].element_size == 1
+    odd = plan_chunks([3, 5], [1, 4], OPTIONS)  # 5 bytes are no whole 4-byte elements
+    assert odd.chunks[0].element_size == 1
+
+
+def test_a_mixed_pack_takes_the_width_of_most_of_its_bytes_that_fits_every_piece():
+    # float32 norms with an int64 counter: the counter is two 4-byte elements.
+    assert plan_chunks([16, 8, 16], [4, 8, 4], OPTIONS).chunks[0].element_size == 4
+    # int64 has most bytes but the 4-byte piece is no whole int64: next most common.
+    assert plan_chunks([16, 4, 8], [8, 4, 8], OPTIONS).chunks[0].element_size == 4
+    # bfloat16 pieces of odd element counts keep a float32 pack at 2 bytes.
+    assert plan_chunks([8, 8, 6], [4, 4, 2], OPTIONS).chunks[0].element_size == 2
+    # a tie goes to the width met first.
+    assert plan_chunks([8, 8], [8, 4], OPTIONS).chunks[0].element_size == 8
+
+
+@pytest.mark.parametrize(
+    ("name", "unit"),
+    [
+        ("model.layers.3.attn.norm.weight", "model.layers.3"),
+        ("optimizer.state.7.exp_avg", "optimizer.state.7"),
+        ("model.head.bias", "model.head"),
+        ("model.blocks.0", "model.blocks"),  # a list of tensors: the index is the leaf
+        ("bias", ""),
+        ("encoder.x1.2b.weight", "encoder.x1.2b"),
+    ],
+)
+def test_pack_unit(name, unit):
+    assert pack_unit(name) == unit
+
+
+SPLIT = ChunkingOptions(chunk_bytes=100, pack_below_bytes=40, pack_split_bytes=20)
+
+
+def test_packs_close_where_the_unit_changes():
+    names = ["b.0.ln.w", "b.0.ln.b", "b.0.fc.b", "b.1.ln.w", "b.1.ln.b", "head.b"]
+    plan = plan_chunks([12, 12, 8, 12, 12, 4], [4] * 6, SPLIT, names=names)
+    assert [[p.entry for p in c.pieces] for c in plan.chunks] == [[0, 1, 2], [3, 4], [5]]
+    assert [c.length for c in plan.chunks] == [32, 24, 4]
+    # Without names packs fill in order, as they always did.
+    assert len(plan_chunks([12, 12, 8, 12, 12, 4], [4] * 6, SPLIT).chunks) == 1
+
+
+def test_units_below_pack_split_bytes_share_a_pack():
+    names = ["b.0.ln.w", "b.1.ln.w", "b.2.ln.w", "b.3.ln.w", "b.4.ln.w"]
+    plan = plan_chunks([8, 8, 8, 8, 30], [4] * 5, SPLIT, names=names)
+    # 8 bytes < 20: b.1 joins; 16 < 20: b.2 joins; 24 >= 20: b.3 starts a pack, which
+    # holds 8 bytes when b.4 comes, so b.4 joins it.
+    assert [[p.entry for p in c.pieces] for c in plan.chunks] == [[0, 1, 2], [3, 4]]
+
+
+def test_a_frozen_unit_keeps_its_packs_whatever_the_units_around_it_hold():
+    names = ["emb.w", "b.0.a", "b.0.b", "b.1.a", "b.1.b", "head.w"]
+    sizes = [30, 20, 20, 20, 20, 30]
+    before = plan_chunks(sizes, [4] * 6, SPLIT, names=names)
+    grown = plan_chunks([38, 20, 20, 20, 20, 38], [4] * 6, SPLIT, names=names)
+    pieces = lambda plan: [[(p.entry, p.length) for p in c.pieces] for c in plan.chunks]  # noqa: E731
+    assert pieces(before)[1:3] == pieces(grown)[1:3] == [[(1, 20), (2, 20)], [(3, 20), (4, 20)]]
+    # Filled in order, both blocks would share a pack with the embedding.
+    assert [p.entry for p in plan_chunks(sizes, [4] * 6, SPLIT).chunks[0].pieces] == [0, 1, 2, 3]
+
+
+def test_pack_split_bytes_defaults_to_pack_below_bytes():
+    options = ChunkingOptions(chunk_bytes=100, pack_below_bytes=40)
+    assert options.pack_split_bytes is None
+    assert options.pack_split == 40
+    names = ["b.0.w", "b.0.b", "b.1.w", "b.2.w", "b.3.w"]
+    plan = plan_chunks([30, 10, 30, 20, 20], [4] * 5, options, names=names)
+    # b.0 holds 40 bytes: it closes; b.1 holds 30 < 40: b.2 joins, then 50 >= 40.
+    assert [[p.entry for p in c.pieces] for c in plan.chunks] == [[0, 1], [2, 3], [4]]
+
+
+def test_pack_split_bytes_of_chunk_bytes_fills_packs_in_order():
+    names = ["b.0.w", "b.1.w", "b.2.w"]
+    options = ChunkingOptions(chunk_bytes=100, pack_below_bytes=40, pack_split_bytes=100)
+    assert len(plan_chunks([30, 30, 30], [4] * 3, options, names=names).chunks) == 1
+    zero = ChunkingOptions(chunk_bytes=100, pack_below_bytes=40, pack_split_bytes=0)
+    assert len(plan_chunks([30, 30, 30], [4] * 3, zero, names=names).chunks) == 3
 
 
 def test_pack_below_zero_chunks_everything():
@@ -91,6 +167,8 @@ def test_pack_below_zero_chunks_everything():
 def test_chunking_options_are_checked(chunk_bytes, pack_below_bytes, message):
     with pytest.raises(ValueError, match=message):
         ChunkingOptions(chunk_bytes=chunk_bytes, pack_below_bytes=pack_below_bytes)
+    with pytest.raises(ValueError, match="pack_split_bytes must be non-negative, got -1"):
+        ChunkingOptions(pack_split_bytes=-1)
 
 
 def test_chunk_data():
@@ -112,8 +190,18 @@ def test_plans_cover_every_byte_once(sizes, chunk_bytes, data):
     widths = data.draw(
         st.lists(st.sampled_from([1, 2, 4, 8]), min_size=len(sizes), max_size=len(sizes))
     )
-    options = ChunkingOptions(chunk_bytes=chunk_bytes, pack_below_bytes=pack_below)
-    plan = plan_chunks(sizes, widths, options)
+    split = data.draw(st.integers(0, chunk_bytes + 1))
+    names = data.draw(
+        st.lists(
+            st.sampled_from(["a.0.w", "a.0.b", "a.1.w", "c.w", "c.b", "w"]),
+            min_size=len(sizes),
+            max_size=len(sizes),
+        )
+    )
+    options = ChunkingOptions(
+        chunk_bytes=chunk_bytes, pack_below_bytes=pack_below, pack_split_bytes=split
+    )
+    plan = plan_chunks(sizes, widths, options, names=names)
     covered: dict[int, list[tuple[int, int]]] = {}
     for chunk in plan.chunks:
         assert 0 < chunk.length <= chunk_bytes
@@ -125,6 +213,12 @@ def test_plans_cover_every_byte_once(sizes, chunk_bytes, data):
             covered.setdefault(piece.entry, []).append((piece.start, piece.length))
         if len(chunk.pieces) > 1:
             assert all(sizes[p.entry] < pack_below for p in chunk.pieces)
+            for before, after in itertools.pairwise(chunk.pieces):
+                # a pack goes on into another unit only while it is below pack_split_bytes
+                if pack_unit(names[before.entry]) != pack_unit(names[after.entry]):
+                    assert after.offset < split
+        if len({widths[p.entry] for p in chunk.pieces}) > 1:  # each piece whole elements
+            assert all(p.length % chunk.element_size == 0 for p in chunk.pieces)
     for entry, size in enumerate(sizes):
         ranges = sorted(covered.get(entry, []))
         position = 0

@@ -184,7 +184,10 @@ def store_tensors(
     else:
         same = None
         chunks = plan_chunks(
-            [e.nbytes for e in entries], [e.element_size for e in entries], options.chunking
+            [e.nbytes for e in entries],
+            [e.element_size for e in entries],
+            options.chunking,
+            names=[e.name for e in entries],
         ).chunks
     found = reuse_digests(chunks, entries, layout, states, usable, same_plan=same is not None)
     reused_all = same is not None and all(i in found for i in same.samples.chunks)
