@@ -121,3 +121,22 @@ def test_delta_frames_are_hashed_on_every_load(tmp_path, monkeypatch):
     hashed = record_digests(monkeypatch, frame, "check_digest")
     run.load(1)
     assert sorted(hashed) == sorted(set(chained))
+
+
+def test_store_verify_hashes_what_loads_trust(run, monkeypatch):
+    """A record that vouches for a damaged file (as one written before the damage could,
+    were timestamps not to move) fools loads, never ``store.verify``."""
+    path = max(blob_paths(run), key=os.path.getsize)
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    later(monkeypatch)
+    identity = verified.identity_of(os.stat(path))
+    assert identity is not None
+    digest = os.path.basename(path)
+    run.store.blobs.verified.record(digest, identity)
+    run.load(0)  # trusted as recorded: the documented cost of remembering
+    report = run.store.verify()
+    assert [problem.digest for problem in report.problems] == [digest]
