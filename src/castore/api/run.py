@@ -266,12 +266,19 @@ class Run(RunManifest):
         then the run is listed every ``poll_s`` seconds and new ones are yielded as they
         appear (a late commit of a lower epoch too). With ``timeout_s`` the generator ends
         once nothing new has appeared for that long; otherwise it runs until closed.
+
+        Until then the store's loads keep the blobs they decode, up to
+        ``CodecOptions.base_cache_bytes``, so the next epoch's chunks, deltas against
+        these, decode one frame each instead of their whole chain.
         """
         check_number("poll_s", poll_s, positive=True)
         if timeout_s is not None:
             check_number("timeout_s", timeout_s)
-        for epoch in follow_epochs(self.epochs, poll_s=poll_s, since=since, timeout_s=timeout_s):
-            yield Checkpoint(self, epoch)
+        with self.store._following():
+            for epoch in follow_epochs(
+                self.epochs, poll_s=poll_s, since=since, timeout_s=timeout_s
+            ):
+                yield Checkpoint(self, epoch)
 
     def delete(self, epoch: int) -> None:
         """Forget checkpoint ``epoch``: its manifest part and metrics parts go now; its

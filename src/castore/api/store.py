@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from castore.api.run import Run
 from castore.api.save import SaveOptions
 from castore.api.validate import check_number
 from castore.blobstore.cache import LocalBlobCache
+from castore.blobstore.decoded import DecodedBlobs
 from castore.blobstore.layout import STORE_CONFIG_KEY, check_run_name
 from castore.blobstore.location import Location, open_location
 from castore.blobstore.store import BlobStore, CachedBlobStore
@@ -41,6 +43,8 @@ from castore.manifest.query import concat_summaries, run_query
 from castore.manifest.reader import list_runs
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pandas as pd
 
     from castore.blobstore.retry import RetryPolicy
@@ -65,6 +69,7 @@ class Store:
         self._runs: dict[str, Run] = {}
         self._saved: list[str] = []  # runs by their last save here, oldest first
         self._bases_lock = threading.Lock()
+        self._followers = 0
 
     @property
     def url(self) -> str:
@@ -86,6 +91,23 @@ class Store:
                     self._runs[name]._drop_bases()
                 else:
                     room -= held
+
+    @contextmanager
+    def _following(self) -> Iterator[None]:
+        """While a run is followed, loads keep the blobs they decode (up to
+        ``CodecOptions.base_cache_bytes``) as the next epoch's delta bases; the memory goes
+        when the last follower stops (see ``blobstore.decoded``)."""
+        with self._bases_lock:
+            self._followers += 1
+            if self.blobs.decoded is None:
+                self.blobs.decoded = DecodedBlobs(self.options.codec.base_cache_bytes)
+        try:
+            yield
+        finally:
+            with self._bases_lock:
+                self._followers -= 1
+                if not self._followers:
+                    self.blobs.decoded = None
 
     def close(self) -> None:
         """Wait for every run's asynchronous save; raise the first error among them."""

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     Buffer = bytes | memoryview | np.ndarray
 
     from castore.blobstore.cache import LocalBlobCache
+    from castore.blobstore.decoded import DecodedBlobs
     from castore.blobstore.location import FileStat, Location
     from castore.blobstore.verified import VerifiedFiles
 
@@ -58,6 +59,9 @@ class BlobStore:
         self.location = location
         self.transfer = transfer or TransferOptions()
         self.verified = verified
+        # Set while a run of the store is followed: its loads' decoded blobs (see
+        # blobstore.decoded), the next epoch's delta bases.
+        self.decoded: DecodedBlobs | None = None
         self.counter = TransferCounter()
         self._pending: dict[str, frozenset[Digest]] = {}
         self._recorded_digests: frozenset[Digest] | None = None  # their union, None: not read

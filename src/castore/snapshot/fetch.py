@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from castore._config import TransferOptions
+    from castore.blobstore.decoded import DecodedBlobs
     from castore.blobstore.store import BlobStore
     from castore.snapshot.refs import TensorRef
 
@@ -175,6 +176,10 @@ def _fetch_into(
 
     def base_bytes(base: str) -> np.ndarray:
         based.append(base)
+        decoded = blobs.decoded if not check_bases else None
+        kept = decoded.get(base, as_base=True) if decoded is not None else None
+        if kept is not None:
+            return kept
         if depth >= MAX_DECODE_DEPTH:
             raise IntegrityError(
                 f"delta chain longer than {MAX_DECODE_DEPTH} frames, or looping", digest=digest
@@ -238,10 +243,11 @@ def fetch_jobs(
     """
     pool = ScratchPool()
     remaining = Counter(piece.entry for job in jobs for piece in job.pieces)
+    decoded = blobs.decoded if isinstance(destination, MemoryDestination) else None
 
     def run(job: BlobJob) -> None:
         try:
-            _run_job(blobs, job, destination, pool, verify)
+            _run_job(blobs, job, destination, pool, verify, decoded)
         except CastoreError as exc:
             exc.tensor = exc.tensor or job.pieces[0].entry
             raise
@@ -265,16 +271,35 @@ def fetch_jobs(
 
 
 def _run_job(
-    blobs: BlobStore, job: BlobJob, destination: Destination, pool: ScratchPool, verify: bool
+    blobs: BlobStore,
+    job: BlobJob,
+    destination: Destination,
+    pool: ScratchPool,
+    verify: bool,
+    decoded: DecodedBlobs | None,
 ) -> None:
+    """Decode ``job``'s blob where its pieces go. While a run is followed (``decoded``), a
+    blob kept from an earlier load is copied from memory, and one decoded and verified
+    now is kept."""
+    kept = decoded.get(job.digest) if decoded is not None else None
     if job.whole:
         piece = job.pieces[0]
         out = destination.view(piece.entry, piece.position, piece.length)
         if out is not None:
+            if kept is not None:
+                out[:] = kept
+                return
             _fetch_into(blobs, job.digest, out, verify=verify, in_place=True)
+            if decoded is not None and verify:
+                decoded.keep(job.digest, out)
             return
     with pool.take(job.blob_length) as scratch:
-        _fetch_into(blobs, job.digest, scratch, verify=verify, in_place=True)
+        if kept is not None:
+            scratch[:] = kept
+        else:
+            _fetch_into(blobs, job.digest, scratch, verify=verify, in_place=True)
+            if decoded is not None and verify:
+                decoded.keep(job.digest, scratch)
         for piece in job.pieces:
             data = scratch[piece.offset : piece.offset + piece.length]
             destination.write(piece.entry, piece.position, data)
