@@ -163,13 +163,15 @@ def _fetch_into(
 ) -> None:
     """Decode ``digest`` into ``out``, following its delta chain.
 
-    A blob file that decodes on its own and that this machine hashed since it booted,
-    unchanged since, is not hashed again (``BlobStore.trusts``); one hashed now is
-    recorded. With ``verify``, only the result is hashed at first: a base with a wrong byte cannot
+    With ``verify``, only the result is hashed at first: a base with a wrong byte cannot
     give a result that matches its digest, so checking each frame of a chain as well
     would only cost a hash per frame. If the result fails, the chain is decoded again
     with every frame checked (``check_bases``), which names the frame that is bad and,
-    for a copy in the local cache, fetches the store's instead.
+    for a copy in the local cache, fetches the store's instead. A base kept by a load
+    while a run is followed (``BlobStore.decoded``) is used as it is, except in that
+    second pass. A blob file that decodes on its own and that this machine hashed since
+    it booted, unchanged since, is not hashed again (``BlobStore.trusts``); one hashed
+    now is recorded.
     """
 
     based: list[str] = []
