@@ -13,6 +13,7 @@ import torch
 
 import castore
 from castore.blobstore.layout import annotation_key, annotation_prefix
+from tests.spies import record_digests
 
 
 def open_store(backend):
@@ -156,3 +157,30 @@ def test_follow_since_skips_older_and_times_out(backend):
     assert [c.epoch for c in run.follow(poll_s=0.01, since=5, timeout_s=0.05)] == [10]
     with pytest.raises(castore.InvalidCheckpointError, match="poll_s"):
         next(run.follow(poll_s=0))
+
+
+def test_following_reads_one_frame_per_new_chunk(backend, monkeypatch):
+    """While a run is followed, each load's deltas decode against what the last one
+    decoded: every new chunk is one frame read, however deep its chain."""
+    store = castore.open(
+        backend.url,
+        chunking=castore.ChunkingOptions(chunk_bytes=64 * 1024, pack_below_bytes=16 * 1024),
+        **backend.storage_options,
+    )
+    run = store.run("r")
+    generator = torch.Generator().manual_seed(0)
+    states = [{"w": torch.randn(40_000, generator=generator)}]
+    for _ in range(4):
+        states.append({"w": states[-1]["w"] + 1e-3 * torch.randn(40_000, generator=generator)})
+    for epoch, state in enumerate(states):
+        run.save(state, epoch=epoch)
+    assert any(c.ancestors for c in run.record(3).tensors[0].chunks)  # chains 3 frames deep
+
+    reads = record_digests(monkeypatch, type(store.blobs), "reader")
+    seen: set[str] = set()
+    for checkpoint in run.follow(timeout_s=0):
+        before = len(reads)
+        assert torch.equal(checkpoint.load()["w"], states[checkpoint.epoch]["w"])
+        new = {c.digest for c in checkpoint.record.tensors[0].chunks} - seen
+        assert sorted(reads[before:]) == sorted(new)
+        seen |= new
