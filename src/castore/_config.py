@@ -100,12 +100,25 @@ class CodecOptions:
 
 
 def _default_workers() -> int:
+    """Threads for object stores, whose requests mostly wait on the network."""
     return max(4, min(16, 2 * (os.cpu_count() or 1)))
+
+
+def local_workers() -> int:
+    """Threads for local disk and memory stores, where hashing, encoding and page-cache
+    copies keep the CPUs busy: one per CPU, and one more to cover a wait on the disk.
+    More only share the CPUs and their caches (a 1 GiB compressed save on 2 CPUs took
+    8-14% longer with 4 threads than with 2)."""
+    return (os.cpu_count() or 1) + 1
 
 
 @dataclass(frozen=True, slots=True)
 class TransferOptions:
-    """Concurrency of hashing, encoding and transfers, with a bound on bytes in flight."""
+    """Concurrency of hashing, encoding and transfers, with a bound on bytes in flight.
+
+    ``castore.open`` without ``transfer`` uses ``local_workers()`` threads for local disk
+    and memory stores; ``workers``' own default suits object stores.
+    """
 
     workers: int = _default_workers()
     max_in_flight_bytes: int = 256 * MiB

@@ -16,6 +16,7 @@ from castore._config import (
     CodecOptions,
     TransferOptions,
     default_cache_dir,
+    local_workers,
 )
 from castore.api.run import Run
 from castore.api.save import SaveOptions
@@ -258,7 +259,7 @@ def open_store(
     options = SaveOptions(
         chunking=chunking or ChunkingOptions(),
         codec=codec or CodecOptions(),
-        transfer=transfer or TransferOptions(),
+        transfer=transfer or _default_transfer(location),
         progress=progress,
         reuse_unchanged=reuse_unchanged,
     )
@@ -267,9 +268,18 @@ def open_store(
     )
 
 
+def _is_remote(location: Location) -> bool:
+    return not (location.is_local or isinstance(location.fs, MemoryFileSystem))
+
+
+def _default_transfer(location: Location) -> TransferOptions:
+    """Threads by what bounds the work: the CPUs here, the network for object stores."""
+    return TransferOptions() if _is_remote(location) else TransferOptions(local_workers())
+
+
 def _blob_store(location: Location, transfer: TransferOptions, cache: CacheOptions) -> BlobStore:
     """A plain BlobStore for local disk and memory, a cached one in front of remote stores."""
-    remote = not (location.is_local or isinstance(location.fs, MemoryFileSystem))
+    remote = _is_remote(location)
     directory = cache.directory or default_cache_dir()
     if cache.enabled is False or (cache.enabled is None and not remote):
         trusted = cache.remember_verified and location.is_local
