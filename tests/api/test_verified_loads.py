@@ -62,6 +62,17 @@ def test_a_new_process_trusts_what_an_earlier_one_hashed(run, monkeypatch):
     assert hashed == []
 
 
+def damage_in_place(run) -> str:
+    """Flip the last byte of the largest blob file, writing into the file; its path."""
+    path = max(blob_paths(run), key=os.path.getsize)
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    return path
+
+
 def later(monkeypatch) -> None:
     """Make files changed just now look old enough to have an identity."""
     monkeypatch.setattr(time, "time_ns", lambda: int(time.time() * 1e9) + 10 * verified.RACY_NS)
@@ -69,12 +80,7 @@ def later(monkeypatch) -> None:
 
 def test_a_blob_written_in_place_after_its_hash_is_hashed_again(run, monkeypatch):
     run.load(0)
-    path = max(blob_paths(run), key=os.path.getsize)
-    with open(path, "r+b") as f:
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last[0] ^ 0xFF]))
+    path = damage_in_place(run)
     later(monkeypatch)
     with pytest.raises(IntegrityError) as raised:
         run.load(0)
@@ -126,12 +132,7 @@ def test_delta_frames_are_hashed_on_every_load(tmp_path, monkeypatch):
 def test_store_verify_hashes_what_loads_trust(run, monkeypatch):
     """A record that vouches for a damaged file (as one written before the damage could,
     were timestamps not to move) fools loads, never ``store.verify``."""
-    path = max(blob_paths(run), key=os.path.getsize)
-    with open(path, "r+b") as f:
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last[0] ^ 0xFF]))
+    path = damage_in_place(run)
     later(monkeypatch)
     identity = verified.identity_of(os.stat(path))
     assert identity is not None
