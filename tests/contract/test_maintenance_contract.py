@@ -18,9 +18,7 @@ from castore.blobstore.layout import GC_PREFIX, GC_RESCUE_PREFIX, blob_key
 from castore.codec.hashing import hash_bytes
 from castore.maintenance.gc import plan_gc
 from castore.manifest.writer import write_part
-
-SMALL_CHUNKS = castore.ChunkingOptions(chunk_bytes=16 * 1024, pack_below_bytes=4 * 1024)
-LATER = 10.0  # seconds after every write so far: blobs count as older than a grace of 0
+from tests.maintenance.helpers import LATER, SMALL_CHUNKS, forget_one_chunk
 
 
 def open_store(backend, url=None):
@@ -122,12 +120,7 @@ class RewriteAfterCheck:
 
 
 def test_a_rewrite_between_gcs_check_and_delete_is_restored(backend):
-    store = open_store(backend)
-    w = torch.randn(4096)  # one 16 KiB chunk
-    store.run("r").save({"w": w}, epoch=0)
-    store.run("r").delete(0)
-    now = time.time() + LATER
-    assert store.gc(grace_s=0, now=now).pending_blobs == 1
+    w, now = forget_one_chunk(open_store(backend))
     collector = open_store(backend)
     plan = plan_gc(collector.blobs, grace_s=0, workers=2, now=now)
     (candidate,) = plan.delete
@@ -150,11 +143,7 @@ def test_a_rewrite_between_gcs_check_and_delete_is_restored(backend):
 
 def test_a_young_rescue_copy_outlives_the_pass_and_an_old_one_goes(backend):
     store = open_store(backend)
-    w = torch.randn(4096)
-    store.run("r").save({"w": w}, epoch=0)
-    store.run("r").delete(0)
-    now = time.time() + LATER
-    store.gc(grace_s=0, now=now)
+    w, now = forget_one_chunk(store)
     info = store.run("r").save({"w": w}, epoch=1)  # rewrites the recorded blob, with a copy
     assert info.blobs_written == 1
     rescue = backend.raw_path(f"{GC_RESCUE_PREFIX}/{hash_bytes(w.numpy().tobytes())}")

@@ -20,9 +20,7 @@ from castore.codec.hashing import hash_bytes
 from castore.maintenance.gc import plan_gc
 from castore.maintenance.pending import PendingRecord
 from castore.manifest.writer import write_part
-from tests.maintenance.helpers import has_blob, open_store, put_orphan
-
-LATER = 10.0  # seconds: a clock reading safely after every write of the test so far
+from tests.maintenance.helpers import LATER, forget_one_chunk, has_blob, open_store, put_orphan
 
 
 def records(store) -> list[str]:
@@ -108,11 +106,7 @@ def test_blobs_of_a_save_committing_between_the_passes_are_kept(store_url, monke
 
 def test_a_save_writes_recorded_candidates_again_and_gc_keeps_them(store_url, monkeypatch):
     store = open_store(store_url)
-    w = torch.randn(4096)  # one 16 KiB chunk
-    store.run("r").save({"w": w}, epoch=0)
-    store.run("r").delete(0)
-    now = time.time() + LATER
-    assert store.gc(grace_s=0, now=now).pending_blobs == 1
+    w, now = forget_one_chunk(store)
     (digest,) = store.blobs.pending_deletions()
     assert store.blobs.has_many([digest]) == set()  # recorded: counts as absent
 
