@@ -8,11 +8,10 @@ already has it, which is the common case of a training loop saving a frozen part
 from __future__ import annotations
 
 import os
-import shutil
 from typing import TYPE_CHECKING, Literal
 
 import castore
-from cases.common import Result, best_of, check_equal, tree_bytes
+from cases.common import Result, best_of, check_equal, empty_previous, tree_bytes
 
 if TYPE_CHECKING:
     from cases.common import BenchState
@@ -69,17 +68,16 @@ def bench_castore(
     urls = [os.path.join(workdir, f"castore-{codec}-{i}") for i in range(repeat)]
     infos: list[castore.SaveInfo] = []
 
-    def prepare(i: int) -> None:
-        if i > 0:
-            shutil.rmtree(urls[i - 1])
-
     def save(i: int) -> castore.SaveInfo:
         info = _open(urls[i], codec).run(RUN).save(original, epoch=0)
         infos.append(info)
         return info
 
     saves = best_of(
-        repeat, save, prepare=prepare, check=lambda info: _check_full_save(label, state, info)
+        repeat,
+        save,
+        prepare=lambda i: empty_previous(urls, i),
+        check=lambda info: _check_full_save(label, state, info),
     )
     url = urls[-1]
     size = tree_bytes(url)
@@ -140,5 +138,4 @@ def bench_castore(
                 note="new Store each time",
             )
         )
-    shutil.rmtree(url)
     return results

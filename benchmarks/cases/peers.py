@@ -11,18 +11,12 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 
-from cases.common import Result, best_of, check_equal, tree_bytes
+from cases.common import Result, best_of, check_equal, empty_previous, tree_bytes
 
 if TYPE_CHECKING:
     from cases.common import BenchState
 
 __all__ = ["bench_safetensors", "bench_torch"]
-
-
-def _remove_previous(paths: list[str], i: int) -> None:
-    """Each timed save writes a new file, as castore writes a new store; the last one stays."""
-    if i > 0:
-        os.remove(paths[i - 1])
 
 
 def bench_torch(state: BenchState, workdir: str, repeat: int) -> list[Result]:
@@ -36,7 +30,7 @@ def bench_torch(state: BenchState, workdir: str, repeat: int) -> list[Result]:
     saves = best_of(
         repeat,
         lambda i: torch.save(original, paths[i]),
-        prepare=lambda i: _remove_previous(paths, i),
+        prepare=lambda i: empty_previous(paths, i),
     )
     path = paths[-1]
     size = tree_bytes(path)
@@ -51,7 +45,6 @@ def bench_torch(state: BenchState, workdir: str, repeat: int) -> list[Result]:
         return {name: tensor.clone() for name, tensor in mapped.items()}
 
     mmaps = best_of(repeat, load_mmap, check=check)
-    os.remove(path)
     return [
         Result("torch.save", "save", saves, state.nbytes, size),
         Result("torch.load", "load", loads, state.nbytes, size),
@@ -70,7 +63,7 @@ def bench_safetensors(state: BenchState, workdir: str, repeat: int) -> list[Resu
     saves = best_of(
         repeat,
         lambda i: save_file(original, paths[i]),
-        prepare=lambda i: _remove_previous(paths, i),
+        prepare=lambda i: empty_previous(paths, i),
     )
     path = paths[-1]
     size = tree_bytes(path)
@@ -80,7 +73,6 @@ def bench_safetensors(state: BenchState, workdir: str, repeat: int) -> list[Resu
 
     loads = best_of(repeat, lambda _: load_file(path), check=check)
     preads = best_of(repeat, lambda _: load_file(path, backend="pread"), check=check)
-    os.remove(path)
     return [
         Result("safetensors save_file", "save", saves, state.nbytes, size),
         Result("safetensors load_file", "load", loads, state.nbytes, size, note="mmap, lazy"),
