@@ -27,6 +27,22 @@ settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture
+def hashed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the bytes the save path hashes in full (sampled windows are not counted)."""
+    import castore.api.save as save_module
+
+    counted: list[int] = []
+    original = save_module.hash_bytes
+
+    def counting(data: object) -> str:
+        counted.append(len(data))  # type: ignore[arg-type]
+        return original(data)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(save_module, "hash_bytes", counting)
+    return counted
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Remote stores cache blobs locally; never in the user's real cache directory."""

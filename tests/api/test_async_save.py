@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import castore
+from castore.api import save as save_module
 from castore.blobstore.store import BlobStore
 
 
@@ -20,14 +21,7 @@ def test_async_save_commits_the_state_as_it_was_when_called(monkeypatch):
     store = fresh_store()
     run = store.run("r")
     weight = torch.zeros(64 * 1024)
-    release = threading.Event()
-    original_put = BlobStore.put
-
-    def slow_put(self, digest, parts):
-        release.wait(10)
-        original_put(self, digest, parts)
-
-    monkeypatch.setattr(BlobStore, "put", slow_put)
+    release = _held_puts(monkeypatch)
     handle = run.save({"w": weight, "tied": weight, "row": weight[:10]}, epoch=0, blocking=False)
     weight.add_(1.0)  # training goes on while the save runs
     assert not handle.done()
@@ -38,6 +32,70 @@ def test_async_save_commits_the_state_as_it_was_when_called(monkeypatch):
     loaded = run.load(0)
     assert torch.equal(loaded["w"], torch.zeros(64 * 1024))
     assert loaded["w"].untyped_storage().data_ptr() == loaded["row"].untyped_storage().data_ptr()
+
+
+def _held_puts(monkeypatch) -> threading.Event:
+    """Make every blob write wait until the returned event is set."""
+    release = threading.Event()
+    original_put = BlobStore.put
+
+    def slow_put(self, digest, parts):
+        release.wait(10)
+        original_put(self, digest, parts)
+
+    monkeypatch.setattr(BlobStore, "put", slow_put)
+    return release
+
+
+def test_async_save_copies_only_the_tensors_changed_since_the_last_save(monkeypatch):
+    run = fresh_store().run("r")
+    state = {"frozen": torch.randn(512 * 1024), "trained": torch.randn(512 * 1024)}
+    run.save(state, epoch=0)
+    copied = []
+    real = save_module.frozen_bytes
+
+    def recording(tensor):
+        copied.append(tensor.data_ptr())
+        return real(tensor)
+
+    monkeypatch.setattr(save_module, "frozen_bytes", recording)
+    state["trained"].add_(1.0)
+    info = run.save(state, epoch=1, blocking=False).result(timeout=30)
+    assert copied == [state["trained"].data_ptr()]
+    assert info.new_bytes == state["trained"].nbytes  # the frozen 2 MiB were not written
+    assert run.save(state, epoch=2, blocking=False).result(timeout=30).blobs_written == 0
+    assert copied == [state["trained"].data_ptr()]  # nothing changed: nothing copied
+
+
+def test_async_save_of_a_partly_changed_state_commits_it_as_it_was(monkeypatch):
+    run = fresh_store().run("r")
+    state = {"frozen": torch.randn(512 * 1024), "trained": torch.randn(512 * 1024)}
+    run.save(state, epoch=0)
+    state["trained"].add_(1.0)
+    expected = {name: tensor.clone() for name, tensor in state.items()}
+    release = _held_puts(monkeypatch)
+    handle = run.save(state, epoch=1, blocking=False)
+    state["trained"].add_(5.0)  # training goes on while the save runs
+    state["frozen"].data.add_(3.0)  # even through .data, which the version counter misses
+    assert not handle.done()
+    release.set()
+    assert handle.result(timeout=30).epoch == 1
+    loaded = run.load(1)
+    for name, tensor in expected.items():
+        assert torch.equal(loaded[name], tensor), name
+    # The write through .data changed the sampled windows the save read: the next save
+    # hashes "frozen" again rather than reuse its digest.
+    run.save(state, epoch=2)
+    assert torch.equal(run.load(2)["frozen"], state["frozen"])
+
+
+def test_a_save_after_an_async_one_reuses_its_unchanged_tensors_unread(request):
+    run = fresh_store().run("r")
+    state = {"a": torch.randn(512 * 1024), "b": torch.randn(512 * 1024)}
+    run.save(state, epoch=0, blocking=False).result(timeout=30)
+    hashed = request.getfixturevalue("hashed_bytes")  # counting from here on
+    info = run.save(state, epoch=1)
+    assert (hashed, info.blobs_written) == ([], 0)
 
 
 def test_next_save_waits_for_the_previous_one():

@@ -8,23 +8,8 @@ import pytest
 import torch
 
 import castore
-import castore.api.save as save_module
 
 CHUNKS = castore.ChunkingOptions(chunk_bytes=64 * 1024, pack_below_bytes=16 * 1024)
-
-
-@pytest.fixture
-def hashed_bytes(monkeypatch):
-    """Counts the bytes the save path hashes in full (sampled windows are not counted)."""
-    counted = []
-    original = save_module.hash_bytes
-
-    def counting(data):
-        counted.append(len(data))
-        return original(data)
-
-    monkeypatch.setattr(save_module, "hash_bytes", counting)
-    return counted
 
 
 def open_store(url: str, **options) -> castore.Store:

@@ -13,8 +13,8 @@ __all__ = ["SaveHandle"]
 
 
 class SaveHandle:
-    """Returned by ``run.save(..., blocking=False)`` once the state is copied to host
-    memory; the save encodes, uploads and commits in the background."""
+    """Returned by ``run.save(..., blocking=False)`` once what changed is copied to host
+    memory; the save hashes, encodes, uploads and commits in the background."""
 
     def __init__(self, future: Future[SaveInfo], run: str, epoch: int) -> None:
         self._future = future

@@ -14,7 +14,12 @@ from castore.api.handle import SaveHandle
 from castore.api.load import Keys, MapLocation, load_checkpoint
 from castore.api.load_into import IncompatibleKeys, load_into_module
 from castore.api.run_manifest import RunManifest
-from castore.api.save import SaveInfo, save_checkpoint
+from castore.api.save import (
+    PreparedCheckpoint,
+    SaveInfo,
+    commit_checkpoint,
+    prepare_checkpoint,
+)
 from castore.api.validate import (
     check_count,
     check_epoch,
@@ -30,7 +35,6 @@ from castore.maintenance.retention import (
     plan_retention,
 )
 from castore.manifest.reader import list_epochs
-from castore.snapshot.host_copy import copy_to_host
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -72,10 +76,10 @@ class Run(RunManifest):
         in it (a whole ``nn.Module`` too) is kept whole: pickled, with its tensors still
         stored as chunks under their state-dict names; loading it back needs
         ``trust=True``. ``metrics`` are numbers, stored as manifest columns. With
-        ``blocking=False`` the state is copied to host memory and a ``SaveHandle``
-        returned at once; hashing, upload and commit run in the background while
-        training goes on. A run has one save in flight: the next save
-        (or ``wait()``, or ``store.close()``) waits for it and raises its error.
+        ``blocking=False`` the tensors changed since this process's previous save are
+        copied to host memory and a ``SaveHandle`` returned; hashing, upload and commit
+        run in the background while training goes on. A run has one save in flight: the
+        next save (or ``wait()``, or ``store.close()``) waits for it and raises its error.
 
         Raises:
             InvalidCheckpointError: bad input; nothing was written.
@@ -96,14 +100,22 @@ class Run(RunManifest):
                 )
             earlier = [e for e in epochs if e < epoch]
             parent = self.record(earlier[-1]) if earlier else None
+            prepared = prepare_checkpoint(
+                state,
+                epoch=epoch,
+                step=step,
+                metrics=metrics,
+                parent=parent,
+                options=self.store.options,
+                memo=self._memo,
+                pickle=pickle,
+                copy=not blocking,
+            )
             if blocking:
-                return self._commit(state, epoch, step, metrics, parent, pickle)
-            host_state = copy_to_host(state, pickle=pickle)
+                return self._commit(prepared, parent)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"castore-save-{self.name}")
-        future = self._executor.submit(
-            self._commit, host_state, epoch, step, metrics, parent, pickle
-        )
+        future = self._executor.submit(self._commit, prepared, parent)
         self._pending = SaveHandle(future, self.name, epoch)
         return self._pending
 
@@ -112,27 +124,15 @@ class Run(RunManifest):
         pending, self._pending = self._pending, None
         return pending.result() if pending is not None else None
 
-    def _commit(
-        self,
-        state: object,
-        epoch: int,
-        step: int | None,
-        metrics: Mapping[str, object] | None,
-        parent: CheckpointRecord | None,
-        pickle: bool,
-    ) -> SaveInfo:
+    def _commit(self, prepared: PreparedCheckpoint, parent: CheckpointRecord | None) -> SaveInfo:
+        epoch = prepared.epoch
         with self._context("saving", epoch):
-            info, record, self._memo = save_checkpoint(
+            info, record, self._memo = commit_checkpoint(
                 self.store.blobs,
+                prepared,
                 run=self.name,
-                epoch=epoch,
-                state=state,
-                step=step,
-                metrics=metrics,
                 parent=parent,
                 options=self.store.options,
-                memo=self._memo,
-                pickle=pickle,
             )
         self._records[epoch] = record
         self.store._trim_delta_bases(self.name)

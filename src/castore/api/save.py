@@ -1,10 +1,15 @@
-"""save_checkpoint: flatten -> plan -> hash -> dedup -> encode and put -> commit the part.
+"""A save: flatten -> plan -> hash -> dedup -> encode and put -> commit the part.
 
-``store_tensors`` is the part that turns planned entries into blobs, shared with
-``castore.dcp`` (where each rank stores its own items and the coordinator commits).
-Hashing and encoding run on threads (BLAKE3 and zstd release the GIL) with a bound on
-bytes in flight. Only digests neither in the parent checkpoint nor already in the store
-are encoded and uploaded; the manifest part is written last (see manifest.writer).
+A save is prepared, then committed. ``prepare_checkpoint`` does what must see the state
+as it is when ``save`` is called: checks, flattening, the chunk plan, which chunks are
+unchanged since the previous save (``unchanged``), the memo's sampled windows, and, for a
+save that finishes in the background, host copies of the bytes still to be hashed, and
+only those, so training can go on. ``commit_checkpoint`` hashes, stores and writes the
+part. ``store_tensors`` turns planned entries into blobs, shared with ``castore.dcp``
+(where each rank stores its own items and the coordinator commits). Hashing and encoding
+run on threads (BLAKE3 and zstd release the GIL) with a bound on bytes in flight. Only
+digests neither in the parent checkpoint nor already in the store are encoded and
+uploaded; the manifest part is written last (see manifest.writer).
 """
 
 from __future__ import annotations
@@ -27,9 +32,13 @@ from castore.api.deltas import (
 )
 from castore.api.progress import progress_bar
 from castore.api.unchanged import (
+    EntryState,
+    Layout,
     SaveMemo,
+    Windows,
     entry_layout,
     entry_states,
+    read_windows,
     remember,
     reuse_digests,
 )
@@ -38,8 +47,9 @@ from castore.codec.hashing import hash_bytes
 from castore.manifest.records import CheckpointRecord
 from castore.manifest.writer import write_part
 from castore.snapshot.chunking import PlannedChunk, chunk_data, plan_chunks
+from castore.snapshot.host_copy import frozen_bytes
 from castore.snapshot.refs import ChunkRef, TensorRef
-from castore.snapshot.tensors import PlannedEntry, host_bytes, replan_entries
+from castore.snapshot.tensors import EntryPlan, PlannedEntry, host_bytes, replan_entries
 from castore.snapshot.tree import flatten_tree
 
 if TYPE_CHECKING:
@@ -49,7 +59,18 @@ if TYPE_CHECKING:
     from castore.blobstore.digest import Digest
     from castore.blobstore.store import BlobStore
 
-__all__ = ["SaveInfo", "SaveOptions", "StoredTensors", "save_checkpoint", "store_tensors"]
+__all__ = [
+    "PreparedCheckpoint",
+    "SaveInfo",
+    "SaveOptions",
+    "StorePlan",
+    "StoredTensors",
+    "commit_checkpoint",
+    "plan_store",
+    "prepare_checkpoint",
+    "store_planned",
+    "store_tensors",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,36 +97,67 @@ class SaveOptions:
     reuse_unchanged: bool = True
 
 
-def save_checkpoint(
-    blobs: BlobStore,
-    *,
-    run: str,
-    epoch: int,
+@dataclass(frozen=True, slots=True)
+class PreparedCheckpoint:
+    """A save as of the call: its checked inputs, skeleton, entry plan and store plan."""
+
+    epoch: int
+    step: int | None
+    metrics: dict[str, float]
+    skeleton: str
+    entry_plan: EntryPlan
+    plan: StorePlan
+    started: float
+
+
+def prepare_checkpoint(
     state: object,
+    *,
+    epoch: int,
     step: int | None,
     metrics: Mapping[str, object] | None,
     parent: CheckpointRecord | None,
     options: SaveOptions,
     memo: SaveMemo | None = None,
     pickle: bool = False,
-) -> tuple[SaveInfo, CheckpointRecord, SaveMemo]:
-    """Store ``state`` as checkpoint ``epoch`` of ``run``; every input is checked first.
+    copy: bool = False,
+) -> PreparedCheckpoint:
+    """Check ``state`` and plan its save; every input is checked here, before anything
+    is written. ``copy``: take host copies of the bytes the save still has to read, for a
+    save that finishes after the caller has moved on (see ``plan_store``).
 
     ``memo`` is what this process's previous save of the run remembered (see
     ``unchanged``); it is used only when that save is the parent. ``pickle`` keeps objects
-    other than containers, tensors and plain values whole (``snapshot.pickled``). Returns
-    what the save did, the committed record and the new memo.
+    other than containers, tensors and plain values whole (``snapshot.pickled``).
     """
     started = time.perf_counter()
     epoch = check_epoch(epoch)
     step = check_step(step)
     checked_metrics = check_metrics(metrics)
     flat = flatten_tree(state, pickle=pickle)
-    plan = replan_entries(flat.names, flat.tensors, memo.entry_plan if memo is not None else None)
-    stored = store_tensors(
-        blobs, list(plan.entries), epoch=epoch, parent=parent, options=options, memo=memo
+    entry_plan = replan_entries(
+        flat.names, flat.tensors, memo.entry_plan if memo is not None else None
+    )
+    plan = plan_store(
+        list(entry_plan.entries), parent=parent, options=options, memo=memo, copy=copy
+    )
+    return PreparedCheckpoint(
+        epoch, step, checked_metrics, flat.skeleton, entry_plan, plan, started
     )
 
+
+def commit_checkpoint(
+    blobs: BlobStore,
+    prepared: PreparedCheckpoint,
+    *,
+    run: str,
+    parent: CheckpointRecord | None,
+    options: SaveOptions,
+) -> tuple[SaveInfo, CheckpointRecord, SaveMemo]:
+    """Store a prepared save as checkpoint ``prepared.epoch`` of ``run``: its blobs, then
+    its part. Returns what the save did, the committed record and the new memo."""
+    epoch, step = prepared.epoch, prepared.step
+    stored = store_planned(blobs, prepared.plan, epoch=epoch, parent=parent, options=options)
     record = CheckpointRecord(
         run=run,
         epoch=epoch,
@@ -116,9 +168,9 @@ def save_checkpoint(
         new_bytes=stored.new_bytes,
         stored_bytes=stored.stored_bytes,
         new_blobs=len(stored.written),
-        skeleton=flat.skeleton,
+        skeleton=prepared.skeleton,
         tensors=stored.refs,
-        metrics=checked_metrics,
+        metrics=prepared.metrics,
     )
     write_part(blobs.location, record)
     info = SaveInfo(
@@ -130,9 +182,9 @@ def save_checkpoint(
         stored_bytes=record.stored_bytes,
         blobs_written=len(stored.written),
         blobs_skipped=stored.n_blobs - len(stored.written),
-        elapsed_s=time.perf_counter() - started,
+        elapsed_s=time.perf_counter() - prepared.started,
     )
-    return info, record, dataclasses.replace(stored.memo, entry_plan=plan)
+    return info, record, dataclasses.replace(stored.memo, entry_plan=prepared.entry_plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +225,40 @@ def store_tensors(
     stored as a delta against it. ``memo`` is what this process's previous save
     remembered (see ``unchanged``); it is used only when that save is the parent.
     """
+    plan = plan_store(entries, parent=parent, options=options, memo=memo)
+    return store_planned(blobs, plan, epoch=epoch, parent=parent, options=options)
+
+
+@dataclass(frozen=True, slots=True)
+class StorePlan:
+    """What ``plan_store`` decided: the chunk plan, the digests reused from the memo
+    (``found``), the bytes of every entry a chunk still to hash reads (``data``), and the
+    memo's windows, read from the entries as they were."""
+
+    entries: list[PlannedEntry]
+    layout: Layout
+    states: tuple[EntryState, ...]
+    same: SaveMemo | None
+    usable: SaveMemo | None
+    chunks: tuple[PlannedChunk, ...]
+    found: dict[int, Digest]
+    data: list[memoryview | None]
+    windows: Windows
+
+
+def plan_store(
+    entries: list[PlannedEntry],
+    *,
+    parent: CheckpointRecord | None,
+    options: SaveOptions,
+    memo: SaveMemo | None = None,
+    copy: bool = False,
+) -> StorePlan:
+    """Plan the chunks of ``entries`` and find those unchanged since ``memo``; everything
+    that reads the entries happens here. ``copy``: the bytes of entries with chunks left
+    to hash are copied to host memory (``snapshot.host_copy``), and entries whose chunks
+    are all unchanged are not copied at all, so a mostly frozen model costs a copy of
+    what changed."""
     layout = entry_layout(entries)
     states = entry_states(entries) if options.reuse_unchanged else (None,) * len(entries)
     usable = (
@@ -191,13 +277,28 @@ def store_tensors(
         ).chunks
     found = reuse_digests(chunks, entries, layout, states, usable, same_plan=same is not None)
     reused_all = same is not None and all(i in found for i in same.samples.chunks)
-
-    to_hash = [i for i in range(len(chunks)) if i not in found]
-    needed = {piece.entry for i in to_hash for piece in chunks[i].pieces}
+    needed = {piece.entry for i, c in enumerate(chunks) if i not in found for piece in c.pieces}
+    read = frozen_bytes if copy else host_bytes
     data = [
-        host_bytes(e.source) if i in needed and e.source is not None else None
+        read(e.source) if i in needed and e.source is not None else None
         for i, e in enumerate(entries)
     ]
+    windows = read_windows(chunks, entries, states, previous=same, reused_all=reused_all)
+    return StorePlan(entries, layout, states, same, usable, chunks, found, data, windows)
+
+
+def store_planned(
+    blobs: BlobStore,
+    plan: StorePlan,
+    *,
+    epoch: int,
+    parent: CheckpointRecord | None,
+    options: SaveOptions,
+) -> StoredTensors:
+    """Hash, dedup and store what ``plan`` left to do; return one ref per entry."""
+    entries, chunks, found, data = plan.entries, plan.chunks, dict(plan.found), plan.data
+    same, usable = plan.same, plan.usable
+    to_hash = [i for i in range(len(chunks)) if i not in found]
     transfer = options.transfer
     if to_hash:
         with progress_bar(
@@ -285,12 +386,11 @@ def store_tensors(
                 options.chunking,
                 chunks,
                 entries,
-                layout,
-                states,
+                plan.layout,
+                plan.states,
                 digests,
                 refs,
-                previous=same,
-                reused_all=reused_all,
+                plan.windows,
             ),
             bases=cache.kept(),
         ),

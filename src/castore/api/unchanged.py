@@ -47,9 +47,11 @@ __all__ = [
     "EntryState",
     "Layout",
     "SaveMemo",
+    "Windows",
     "chunk_key",
     "entry_layout",
     "entry_states",
+    "read_windows",
     "remember",
     "reuse_digests",
 ]
@@ -205,25 +207,31 @@ def reuse_digests(
     return found
 
 
-def remember(
-    epoch: int,
-    chunking: object,
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """The sampled windows a memo compares the next save against, read at save time:
+    where they are (``samples``), their bytes (``sample``), each entry's bytes in place
+    (``views``) and every window as a slice of them (``gather``, or None)."""
+
+    samples: Samples
+    sample: bytes = field(repr=False)
+    views: tuple[memoryview | None, ...] = field(repr=False)
+    gather: tuple[memoryview, ...] | None = field(repr=False)
+
+
+def read_windows(
     chunks: tuple[PlannedChunk, ...],
     entries: Sequence[PlannedEntry],
-    layout: Layout,
     states: tuple[EntryState, ...],
-    digests: tuple[Digest, ...],
-    refs: tuple[TensorRef, ...],
     *,
     previous: SaveMemo | None,
     reused_all: bool,
-) -> SaveMemo:
-    """The memo of a finished save; its sampled windows are read now.
+) -> Windows:
+    """Read the windows of a save now, while the entries hold the bytes being saved.
 
     ``previous`` is the memo this save reused with the same plan, if any; ``reused_all``
     that every chunk it sampled passed its check, so its copy still holds.
     """
-    tensors = [e.source for e in entries if e.source is not None and e.role is Role.TENSOR]
     if previous is not None and previous.states == states:
         samples, views, gather = previous.samples, previous.views, previous.gather
         sample = previous.sample if reused_all else None
@@ -248,6 +256,22 @@ def remember(
         else:
             reader = _Reader(entries, views, [v is not None for v in views])
             sample = reader.windows(samples.windows)
+    return Windows(samples, sample, views, gather)
+
+
+def remember(
+    epoch: int,
+    chunking: object,
+    chunks: tuple[PlannedChunk, ...],
+    entries: Sequence[PlannedEntry],
+    layout: Layout,
+    states: tuple[EntryState, ...],
+    digests: tuple[Digest, ...],
+    refs: tuple[TensorRef, ...],
+    windows: Windows,
+) -> SaveMemo:
+    """The memo of a finished save, with the windows ``read_windows`` read when it began."""
+    tensors = [e.source for e in entries if e.source is not None and e.role is Role.TENSOR]
     return SaveMemo(
         epoch=epoch,
         layout=layout,
@@ -256,10 +280,10 @@ def remember(
         states=states,
         digests=digests,
         refs=refs,
-        samples=samples,
-        sample=sample,
-        views=views,
-        gather=gather,
+        samples=windows.samples,
+        sample=windows.sample,
+        views=windows.views,
+        gather=windows.gather,
         tensors=tensors,
     )
 

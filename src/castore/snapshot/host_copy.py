@@ -1,42 +1,30 @@
-"""A host-memory copy of a checkpoint tree, for saves that finish in the background.
+"""Bytes a save reads after ``save`` has returned, copied so that training can go on.
 
-Each distinct storage is copied once and every tensor is rebuilt as the same view of
-its copy, so tied weights and views stay tied; conjugate and negative views are copied
-by value. The copy is checked like a save's input, so bad input fails before training
-goes on.
+A save that finishes in the background reads the bytes of the entries it still has to
+hash after the caller has moved on and may be changing them in place. Those bytes are
+copied to host memory first, once per entry (an entry covers a whole tied storage, so
+ties hold); bytes ``host_bytes`` already makes anew (from a GPU, a non-contiguous or a
+lazily conjugated tensor) are not copied again. Entries the save reuses unread are not
+copied at all (see ``api.save.plan_store``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
-from castore.snapshot.tensors import check_tensor
-from castore.snapshot.tree import flatten_tree, unflatten_tree
+from castore.snapshot.tensors import host_bytes, memory_bytes
 
-__all__ = ["copy_to_host"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["frozen_bytes"]
 
 
-def copy_to_host(tree: object, *, pickle: bool = False) -> Any:
-    """The same tree with every tensor copied to CPU memory the caller no longer touches.
-
-    With ``pickle``, objects kept whole are copied through their own pickle, made here,
-    so unpickling it runs nothing the caller did not already hold."""
-    flat = flatten_tree(tree, pickle=pickle)
-    copies: list[torch.Tensor] = []
-    storages: dict[tuple[str, int], torch.UntypedStorage] = {}
-    for name, tensor in zip(flat.names, flat.tensors, strict=True):
-        check_tensor(tensor, name)
-        tensor = tensor.detach()
-        if tensor.is_conj() or tensor.is_neg():
-            copies.append(tensor.resolve_conj().resolve_neg().to("cpu", copy=True))
-            continue
-        storage = tensor.untyped_storage()
-        key = (str(tensor.device), storage.data_ptr())
-        if key not in storages:
-            storages[key] = storage.cpu() if tensor.device.type != "cpu" else storage.clone()
-        copy = torch.empty(0, dtype=tensor.dtype)
-        copy.set_(storages[key], tensor.storage_offset(), tensor.shape, tensor.stride())
-        copies.append(copy)
-    return unflatten_tree(flat.skeleton, copies, trust=True)
+def frozen_bytes(tensor: torch.Tensor) -> memoryview:
+    """``host_bytes(tensor)`` in memory that no later write to ``tensor`` reaches."""
+    view = host_bytes(tensor)
+    if memory_bytes(tensor) is None:  # host_bytes made them anew
+        return view
+    return memoryview(np.array(view, dtype=np.uint8, copy=True)).cast("B")
