@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import castore
-from cases.castore_cases import bench_castore
+from cases.castore_cases import bench_castore, bench_castore_async
 from cases.common import BenchState, MiB, Result, aligned, build_state, human_bytes
 from cases.loads import bench_loads
 from cases.peers import bench_safetensors, bench_torch
@@ -148,6 +148,7 @@ def run_local(state: BenchState, workdir: str, repeat: int) -> list[Result]:
                 state, workdir, repeat, "raw", resave=False, cold=False, unverified=True
             ),
         ),
+        ("castore async", lambda: bench_castore_async(state, workdir, repeat)),
     ]
     results: list[Result] = []
     for name, suite in suites:

@@ -20,6 +20,8 @@ CASES = [
     "castore auto save",
     "castore auto re-save unchanged",
     "castore raw save",
+    "castore auto async save, 1/4 changed: returns",
+    "castore auto async save, 1/4 changed: committed",
     "torch.load",
     "torch.load mmap + copy",
     "safetensors load_file",

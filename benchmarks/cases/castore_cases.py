@@ -1,22 +1,36 @@
-"""castore on a local directory store: full saves per codec, an unchanged re-save, loads.
+"""castore on a local directory store: full saves per codec, an unchanged re-save, loads,
+and an asynchronous save of a partly changed state.
 
 Every timed full save goes to a fresh store, so dedup against an earlier repeat cannot
 flatter it; the re-save commits the unchanged state as the next epoch of a store that
-already has it, which is the common case of a training loop saving a frozen part.
+already has it, which is the common case of a training loop saving a frozen part. The
+asynchronous case is a fine-tuning loop's: a quarter of the bytes changed since the
+previous save, and what the loop waits for is the time until ``save`` returns.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 from typing import TYPE_CHECKING, Literal
 
+import torch
+
 import castore
-from cases.common import Result, best_of, check_equal, empty_previous, tree_bytes
+from cases.common import (
+    Result,
+    best_of,
+    check_equal,
+    empty_previous,
+    human_bytes,
+    tree_bytes,
+)
 
 if TYPE_CHECKING:
     from cases.common import BenchState
 
-__all__ = ["Codec", "bench_castore"]
+__all__ = ["Codec", "bench_castore", "bench_castore_async"]
 
 RUN = "bench"
 
@@ -139,3 +153,49 @@ def bench_castore(
             )
         )
     return results
+
+
+def bench_castore_async(state: BenchState, workdir: str, repeat: int) -> list[Result]:
+    """``run.save(blocking=False)`` after a quarter of the bytes changed in place: the time
+    until it returns (the training loop's wait) and until the save is committed.
+
+    The state is a copy (the other cases keep theirs). Its last tensors, about a quarter
+    of the bytes (the top layers and the final norm, as a fine-tune trains them), get a
+    small in-place update before each attempt; the first, full save is untimed.
+    """
+    tensors = {name: tensor.clone() for name, tensor in state.tensors.items()}
+    changed: list[torch.Tensor] = []
+    for tensor in reversed(list(tensors.values())):
+        if sum(t.nbytes for t in changed) >= state.nbytes // 4:
+            break
+        changed.append(tensor)
+    changed_bytes = sum(t.nbytes for t in changed)
+    url = os.path.join(workdir, "castore-async")
+    run = _open(url, "auto").run(RUN)
+    run.save(tensors, epoch=0)
+    returned: list[float] = []
+    committed: list[float] = []
+    stored = 0
+    for i in range(repeat):
+        with torch.no_grad():
+            for tensor in changed:
+                tensor.mul_(1.0 + 1e-3)
+        os.sync()
+        gc.collect()
+        started = time.perf_counter()
+        handle = run.save(tensors, epoch=1 + i, blocking=False)
+        returned.append(time.perf_counter() - started)
+        info = handle.result()
+        committed.append(time.perf_counter() - started)
+        stored = info.stored_bytes
+        if not changed_bytes <= info.new_bytes < state.nbytes // 2:
+            raise AssertionError(
+                f"castore async save: {info.new_bytes} new bytes where {changed_bytes} changed"
+            )
+    check_equal("castore async save", tensors, run.load(repeat))
+    label = "castore auto async save, 1/4 changed"
+    note = f"{human_bytes(changed_bytes, 0)} changed"
+    return [
+        Result(f"{label}: returns", "save", returned, state.nbytes, stored, note=note),
+        Result(f"{label}: committed", "save", committed, state.nbytes, stored, note=note),
+    ]
