@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import castore
 from castore.api import save as save_module
@@ -146,3 +148,49 @@ def test_store_as_context_manager_waits_for_saves():
         handle = store.run("r").save({"w": torch.ones(100_000)}, epoch=0, blocking=False)
     assert handle.done()
     assert store.run("r").epochs() == [0]
+
+
+def _change(tensor: torch.Tensor, data: st.DataObject) -> None:
+    """An in-place change the version counter sees: to all of ``tensor`` or to a slice."""
+    start = data.draw(st.integers(0, tensor.numel() - 1))
+    end = data.draw(st.integers(start + 1, tensor.numel()))
+    tensor[start:end].add_(1.0)
+
+
+@given(data=st.data())
+def test_async_and_blocking_saves_commit_each_state_as_it_was_called(data):
+    sizes = data.draw(st.lists(st.integers(1, 3000), min_size=1, max_size=4), label="sizes")
+    tensors = {f"t{i}": torch.randn(size) for i, size in enumerate(sizes)}
+    state = dict(tensors)
+    if data.draw(st.booleans(), label="tied"):
+        state["tied"] = tensors["t0"]
+    chunking = castore.ChunkingOptions(chunk_bytes=4096, pack_below_bytes=1024)
+    store = castore.open(f"memory://{uuid.uuid4().hex}", chunking=chunking)
+    names = st.sets(st.sampled_from(sorted(tensors)))
+    expected = []
+    with pytest.MonkeyPatch.context() as patch:
+        release = _held_puts(patch)
+        run = store.run("r")
+        for epoch in range(data.draw(st.integers(1, 5), label="saves")):
+            for name in data.draw(names, label="changed before"):
+                _change(tensors[name], data)
+            expected.append({name: tensor.clone() for name, tensor in state.items()})
+            if data.draw(st.booleans(), label="blocking"):
+                release.set()
+                run.save(state, epoch=epoch)
+                continue
+            release.clear()
+            handle = run.save(state, epoch=epoch, blocking=False)
+            for name in data.draw(names, label="changed while saving"):
+                _change(tensors[name], data)
+            for name in data.draw(names, label="written through .data while saving"):
+                tensors[name].data.add_(1.0)  # every byte moves: the next save's windows see it
+            release.set()
+            handle.result(timeout=30)
+    for epoch, want in enumerate(expected):
+        loaded = run.load(epoch)
+        assert sorted(loaded) == sorted(want)
+        for name, tensor in want.items():
+            assert torch.equal(loaded[name], tensor), (epoch, name)
+        if "tied" in want:
+            assert loaded["tied"].untyped_storage().data_ptr() == loaded["t0"].data_ptr()
