@@ -96,13 +96,19 @@ def save_time_s(url: str, options: dict) -> float:
 
 
 def kill_repeatedly(url: str, options: dict, tmp_path: Path, trials: int, saves: float) -> None:
-    """``trials`` kills, each after a random delay of up to ``saves`` save times."""
+    """``trials`` kills, each after a random delay of up to ``saves`` save times; more
+    kills (up to three times as many) while fewer than a third of them saw a commit, as
+    when the children save slower than the calibration (a file system busy with an
+    earlier job's deletions), so that kills land both inside and between saves."""
     rng = random.Random(1234)
     longest_s = saves * save_time_s(url, options)
     saver = Saver(url, options, tmp_path / "saver.log")
     reader = castore.open(url, chunking=CHUNKING, **options).run(RUN)
+    epochs: list[int] = []
     try:
-        for _ in range(trials):
+        for done in range(3 * trials):
+            if done >= trials and len(epochs) >= trials // 3:
+                break
             saver.trial(rng.uniform(0.0, longest_s))
             epochs = reader.epochs()
             assert epochs == list(range(len(epochs))), "a checkpoint went missing"
