@@ -30,16 +30,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def hashed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the bytes the save path hashes in full (sampled windows are not counted)."""
-    import castore.api.save as save_module
+    import castore.api.tensor_blobs as tensor_blobs
 
     counted: list[int] = []
-    original = save_module.hash_bytes
+    original = tensor_blobs.hash_bytes
 
     def counting(data: object) -> str:
         counted.append(len(data))  # type: ignore[arg-type]
         return original(data)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(save_module, "hash_bytes", counting)
+    monkeypatch.setattr(tensor_blobs, "hash_bytes", counting)
     return counted
 
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import castore
-from castore.api import save as save_module
+from castore.api import tensor_blobs
 from castore.blobstore.store import BlobStore
 
 
@@ -54,13 +54,13 @@ def test_async_save_copies_only_the_tensors_changed_since_the_last_save(monkeypa
     state = {"frozen": torch.randn(512 * 1024), "trained": torch.randn(512 * 1024)}
     run.save(state, epoch=0)
     copied = []
-    real = save_module.frozen_bytes
+    real = tensor_blobs.frozen_bytes
 
     def recording(tensor):
         copied.append(tensor.data_ptr())
         return real(tensor)
 
-    monkeypatch.setattr(save_module, "frozen_bytes", recording)
+    monkeypatch.setattr(tensor_blobs, "frozen_bytes", recording)
     state["trained"].add_(1.0)
     info = run.save(state, epoch=1, blocking=False).result(timeout=30)
     assert copied == [state["trained"].data_ptr()]

@@ -19,7 +19,7 @@ from castore._config import (
     local_workers,
 )
 from castore.api.run import Run
-from castore.api.save import SaveOptions
+from castore.api.tensor_blobs import SaveOptions
 from castore.api.validate import check_number
 from castore.blobstore.cache import LocalBlobCache
 from castore.blobstore.decoded import DecodedBlobs

@@ -23,8 +23,8 @@ from torch.distributed.checkpoint.planner import WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
-from castore.api.save import store_tensors
 from castore.api.store import open_store
+from castore.api.tensor_blobs import store_tensors
 from castore.api.validate import check_epoch, check_metrics, check_step
 from castore.dcp.checkpoint_id import NamedByRunAndEpoch
 from castore.dcp.metadata import DCP_KEY, ITEMS_KEY, check_plain, entry_name, metadata_to_tree

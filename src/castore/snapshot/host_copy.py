@@ -5,7 +5,7 @@ hash after the caller has moved on and may be changing them in place. Those byte
 copied to host memory first, once per entry (an entry covers a whole tied storage, so
 ties hold); bytes ``host_bytes`` already makes anew (from a GPU, a non-contiguous or a
 lazily conjugated tensor) are not copied again. Entries the save reuses unread are not
-copied at all (see ``api.save.plan_store``).
+copied at all (see ``api.tensor_blobs.plan_store``).
 """
 
 from __future__ import annotations
